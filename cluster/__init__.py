@@ -1,0 +1,1 @@
+"""The control plane: configs, the ``labelcurve`` CLI, Ray and MLflow."""

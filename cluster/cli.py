@@ -1,0 +1,67 @@
+"""The ``labelcurve`` command line (Click, in the style of Ray's and MLflow's CLIs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+
+from cluster.config import ConfigError, load_config
+from cluster.ray_runtime import RayConnectError
+from cluster.tracking import TrackingError, tracking_uri
+from finetune.budgets import BudgetError
+from pretrain.data import DataError
+
+USER_ERRORS = (ConfigError, DataError, BudgetError, TrackingError, RayConnectError)
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]``: the first argument is a config file unless it has a '='."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="labelcurve")
+def main() -> None:
+    """labelcurve: how many labels does a vision task need, and how many does
+    self-supervised pretraining save?"""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option("--address", default=None, help="Ray cluster address (default: start Ray in-process).")
+def run(args: tuple[str, ...], address: str | None) -> None:
+    """Run (or resume) a study: pretrain, fine-tune on label budgets, report the curve.
+
+    CONFIG defaults to configs/quickstart.yaml; KEY=VALUE overrides any config key, e.g.
+    `labelcurve run pretrain.epochs=20 finetune.seeds=[0,1]`.
+    """
+    from cluster.study import run_study  # heavy imports only once the command is known
+
+    path, overrides = _split_args(args)
+    if address:
+        overrides.append(f"ray.address={address}")
+    try:
+        run_study(load_config(path, overrides))
+    except USER_ERRORS as error:
+        raise click.UsageError(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep loopback unless you mean it."
+)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """Open the MLflow UI on the study store (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"The tracking server already serves the UI: open {uri}")
+        return
+    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    sys.exit(subprocess.call(command, env=os.environ.copy()))

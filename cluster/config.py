@@ -1,0 +1,211 @@
+"""The study configuration: a typed schema, YAML loading and ``key=value`` overrides.
+
+Every mistake a user can make in a config (a typo in a key, a wrong type, a malformed override)
+becomes a :class:`ConfigError` with one line that names the key and the fix, raised before any
+compute starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from finetune.arms import ARMS
+from finetune.budgets import Budget
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where images come from and how the fixed test split is drawn."""
+
+    name: Literal["digits", "folder"] = "digits"
+    path: str | None = None
+    unlabeled_path: str | None = None
+    image_size: int | None = Field(None, ge=4, le=1024)
+    channels: Literal[1, 3] | None = None
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    max_per_class: int | None = Field(None, ge=1)
+    max_unlabeled: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_matches_name(self) -> DataConfig:
+        if self.name == "folder" and not self.path:
+            raise ValueError("data.name=folder needs data.path=DIR (an ImageFolder root)")
+        if self.name == "digits" and self.path:
+            raise ValueError("data.path is set but data.name=digits: add data.name=folder")
+        return self
+
+
+class PretrainConfig(_Section):
+    """Self-supervised pretraining; ``lr`` is for a global batch of 256 and scaled linearly."""
+
+    method: Literal["simclr"] = "simclr"
+    backbone: Literal["small_cnn"] = "small_cnn"
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(128, ge=2, description="per worker")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(4e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    temperature: float = Field(0.2, gt=0)
+    projection_dim: int = Field(64, ge=2)
+    min_scale: float = Field(0.4, gt=0, le=1)
+    rotation_degrees: float = Field(15.0, ge=0, le=180)
+    horizontal_flip: float = Field(0.0, ge=0, le=1)
+    color_jitter: float = Field(0.5, ge=0, le=1)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    sync_batchnorm: bool = Field(True, description="across GPU workers (torch has no CPU SyncBatchNorm)")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
+    storage_path: str = "labelcurve-runs"
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size * self.num_workers / 256
+
+
+class FinetuneConfig(_Section):
+    """The grid of labeled runs: arms x per-class budgets x seeds, and their shared schedule."""
+
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    budgets: list[Budget] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, "all"])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    linear_c: float = Field(1.0, gt=0, description="inverse L2 strength of the linear probe")
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        for arm in arms:
+            if arm not in ARMS:
+                hint = difflib.get_close_matches(arm, ARMS, n=1)
+                fix = f"did you mean '{hint[0]}'?" if hint else f"choose from {', '.join(ARMS)}"
+                raise ValueError(f"unknown arm '{arm}': {fix}")
+        if not arms:
+            raise ValueError("at least one arm is needed")
+        return arms
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive_budgets(cls, budgets: list[Budget]) -> list[Budget]:
+        if not budgets:
+            raise ValueError("at least one budget is needed")
+        if any(b != "all" and b < 1 for b in budgets):
+            raise ValueError("budgets are labels per class: whole numbers >= 1 or 'all'")
+        return sorted(set(budgets), key=lambda b: float("inf") if b == "all" else b)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        return sorted(set(seeds))
+
+
+class RayConfig(_Section):
+    address: str | None = None
+
+
+class StudyConfig(_Section):
+    """One study: a name (the MLflow experiment) and its sections."""
+
+    study: str = Field("quickstart", min_length=1)
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the settings that change results; the grid lists do not."""
+        dump = self.model_dump(mode="json", include=set(sections) | {"seed"})
+        for key in ("arms", "budgets", "seeds"):
+            dump.get("finetune", {}).pop(key, None)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += _known_keys(sub, prefix + name + ".")
+    return keys
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(key, _known_keys(StudyConfig), n=1, cutoff=0.5)
+        fix = f"did you mean '{hint[0]}'?" if hint else "remove it"
+        return f"unknown config key '{key}': {fix}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"config key '{key}': {message}" if key else message
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``pretrain.epochs=5`` -> (['pretrain', 'epochs'], 5); values are read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"malformed override '{text}': write key=value, e.g. pretrain.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"malformed override '{text}': the value is not valid YAML") from None
+    return key.strip().split("."), value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found: pass an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", -1) + 1
+        raise ConfigError(f"config file '{path}' is not valid YAML (line {line}): fix it") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StudyConfig:
+    """Read a YAML config (default: configs/quickstart.yaml), apply overrides, validate."""
+    if path is None and not DEFAULT_CONFIG.is_file():
+        raw: Any = {}  # installed without the repo's configs/: the schema defaults are the quickstart
+    else:
+        raw = _read_yaml(Path(path) if path else DEFAULT_CONFIG)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for part in keys[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error.errors()[0])) from None

@@ -1,0 +1,1 @@
+"""Labeled runs on small subsets: budgets, heads, the sweep, and the curve report."""

@@ -1,0 +1,74 @@
+"""The answer of a study: a table of accuracy per budget and arm, a curve plot, a CSV."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from finetune.budgets import labels_per_class
+from finetune.sweep import RunResult
+
+COLUMNS = ["arm", "budget", "seed", "n_labels", "labels_per_class", "accuracy", "macro_f1", "train_seconds"]
+
+
+def results_frame(results: list[RunResult], n_classes: int) -> pd.DataFrame:
+    rows = [
+        {
+            "arm": r.spec.arm,
+            "budget": str(r.spec.budget),
+            "seed": r.spec.seed,
+            "n_labels": r.n_labels,
+            "labels_per_class": labels_per_class(r.spec.budget, r.n_labels, n_classes),
+            "accuracy": r.accuracy,
+            "macro_f1": r.macro_f1,
+            "train_seconds": r.train_seconds,
+        }
+        for r in results
+    ]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values(["labels_per_class", "arm", "seed"], ignore_index=True)
+
+
+def curve_points(frame: pd.DataFrame) -> dict[str, dict[int, float]]:
+    """Mean accuracy over seeds per arm, keyed by labels per class (rounded for MLflow steps)."""
+    means = frame.groupby(["arm", "labels_per_class"])["accuracy"].mean()
+    points: dict[str, dict[int, float]] = {}
+    for (arm, x), value in means.items():
+        points.setdefault(arm, {})[round(x)] = float(value)
+    return points
+
+
+def summary_table(frame: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
+    """Rows = budgets (labels per class), columns = arms, cells = 'mean ± std' over seeds."""
+    stats = frame.groupby(["labels_per_class", "budget", "arm"])["accuracy"].agg(["mean", "std", "count"])
+    table = {}
+    for (x, budget, arm), row in stats.iterrows():
+        label = budget if budget != "all" else f"all ({x:.0f})"
+        spread = 0.0 if pd.isna(row["std"]) else row["std"]
+        table.setdefault(label, {})[arm] = f"{row['mean']:.3f} ± {spread:.3f}"
+    return pd.DataFrame.from_dict(table, orient="index").reindex(columns=[a for a in arms if a in set(frame.arm)])
+
+
+def curve_png(frame: pd.DataFrame, title: str) -> bytes:
+    """Accuracy vs labels per class (log x): mean over seeds per arm, band = min..max."""
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for arm, part in frame.groupby("arm", sort=False):
+        stats = part.groupby("labels_per_class")["accuracy"].agg(["mean", "min", "max"])
+        axis.plot(stats.index, stats["mean"], marker="o", label=arm)
+        axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+    axis.set_xscale("log")
+    axis.set_xlabel("labels per class")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

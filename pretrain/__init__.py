@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: data, backbones, views, SSL methods and the Ray Train loop."""
