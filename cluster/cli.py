@@ -17,6 +17,12 @@ from pretrain.data import DataError
 USER_ERRORS = (ConfigError, DataError, BudgetError, TrackingError, RayConnectError)
 
 
+class UserError(click.ClickException):
+    """Bad input: one line on stderr, exit code 2, nothing computed."""
+
+    exit_code = 2
+
+
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
     """``[CONFIG] [key=value ...]``: the first argument is a config file unless it has a '='."""
     if args and "=" not in args[0]:
@@ -40,15 +46,16 @@ def run(args: tuple[str, ...], address: str | None) -> None:
     CONFIG defaults to configs/quickstart.yaml; KEY=VALUE overrides any config key, e.g.
     `labelcurve run pretrain.epochs=20 finetune.seeds=[0,1]`.
     """
-    from cluster.study import run_study  # heavy imports only once the command is known
-
     path, overrides = _split_args(args)
     if address:
         overrides.append(f"ray.address={address}")
     try:
-        run_study(load_config(path, overrides))
+        cfg = load_config(path, overrides)
+        from cluster.study import run_study  # heavy imports only once the input is known to be good
+
+        run_study(cfg)
     except USER_ERRORS as error:
-        raise click.UsageError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 @main.command()

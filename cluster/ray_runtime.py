@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import ray
 
@@ -14,10 +15,27 @@ class RayConnectError(RuntimeError):
     """Ray cannot be reached, phrased as one line for the user."""
 
 
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail within seconds, before compute, when a ``host:port`` Ray address does not answer."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectError(f"Ray address '{address}' is not HOST:PORT (e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RayConnectError(
+            f"Ray at {address} is not reachable ({error.strerror or error}): start it with "
+            "`ray start --head` or drop --address to run Ray in-process"
+        ) from None
+
+
 def connect(address: str | None) -> None:
     """``ray.init()`` in-process when ``address`` is None, else join the cluster at ``address``."""
     if ray.is_initialized():
         return
+    check_ray_address(address)
     try:
         ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS)
     except (ConnectionError, RuntimeError, ValueError) as error:

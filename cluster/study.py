@@ -16,8 +16,8 @@ from rich.table import Table
 from safetensors.torch import load_file, save
 
 from cluster.config import StudyConfig
-from cluster.ray_runtime import connect
-from cluster.tracking import FINETUNE, FINISHED, PRETRAIN, StudyTracker, check_reachable, tracking_uri
+from cluster.ray_runtime import check_ray_address, connect
+from cluster.tracking import FINETUNE, FINISHED, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
 from finetune.arms import SSL_ARMS
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, results_frame, summary_table
@@ -41,7 +41,8 @@ class StudyOutcome:
 def prepare(cfg: StudyConfig) -> tuple[str, DataPlan]:
     """All bad-input checks, cheap: tracking store reachable, data present, budgets possible."""
     uri = tracking_uri()
-    check_reachable(uri)
+    check_tracking_server(uri)
+    check_ray_address(cfg.ray.address)
     plan = plan_data(cfg.data)
     check_budgets(cfg.finetune.budgets, plan.class_counts())
     return uri, plan
@@ -118,7 +119,7 @@ def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) ->
 
 def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     """Run (or resume) the study described by ``cfg``; returns the summary."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     uri, plan = prepare(cfg)
     data = load_data(plan)
     if data.skipped:

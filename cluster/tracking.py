@@ -32,7 +32,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before compute, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return

@@ -9,6 +9,7 @@ tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one run the d
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from pretrain.backbones import build_backbone
 from pretrain.data import StudyData
 from pretrain.methods import METHODS
 from pretrain.views import MultiViewDataset, simclr_transform
+
+log = logging.getLogger("labelcurve.pretrain")
 
 LIGHTNING_CKPT = "checkpoint.ckpt"
 BACKBONE_FILE = "backbone.safetensors"
@@ -59,7 +62,7 @@ class _EpochReport(pl.Callback):
         loss = float(trainer.callback_metrics["train/loss"])
         if trainer.global_rank == 0:
             rate = self.n_images / (time.perf_counter() - self.started)
-            print(f"pretrain epoch {epoch}/{total}  loss {loss:.4f}  {rate:.0f} img/s", flush=True)
+            log.info("pretrain epoch %d/%d  loss %.4f  %.0f img/s", epoch, total, loss, rate)
             if self.tracking:
                 if self.client is None:
                     from mlflow import MlflowClient
@@ -83,6 +86,8 @@ def _report_checkpoint(trainer: pl.Trainer, module, metrics: dict) -> None:
 
 
 def _train_worker(config: dict) -> None:
+    log.setLevel(logging.INFO)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
     p = SimpleNamespace(**config["pretrain"])
     rank = ray.train.get_context().get_world_rank()
     pl.seed_everything(config["seed"] + rank, verbose=False)

@@ -1,0 +1,70 @@
+import pytest
+
+from cluster.config import DEFAULT_CONFIG, ConfigError, StudyConfig, load_config, parse_override
+
+
+def test_quickstart_config_is_valid_and_matches_the_defaults_that_matter():
+    cfg = load_config()
+    assert cfg.study == "quickstart"
+    assert cfg.finetune.budgets == [1, 2, 5, 10, 20, 50, "all"]
+    assert cfg.finetune.seeds == [0, 1, 2]
+    assert cfg.finetune.arms == ["ssl-linear", "ssl-finetune", "scratch"]
+    assert cfg.pretrain.num_workers == 2
+    assert DEFAULT_CONFIG.name == "quickstart.yaml"
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config(None, ["pretrain.epochs=5", "finetune.budgets=[5, 1, all]", "study=mine"])
+    assert cfg.pretrain.epochs == 5
+    assert cfg.finetune.budgets == [1, 5, "all"]  # sorted, 'all' last
+    assert cfg.study == "mine"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("pretrain.epoch=5", "unknown config key 'pretrain.epoch': did you mean 'pretrain.epochs'?"),
+        ("finetun.steps=5", "unknown config key 'finetun': did you mean 'finetune'?"),
+        ("pretrain.epochs=many", "config key 'pretrain.epochs': Input should be a valid integer"),
+        ("finetune.arms=[ssl-linear, scratc]", "unknown arm 'scratc': did you mean 'scratch'?"),
+        ("finetune.budgets=[0, 1]", "budgets are labels per class"),
+        ("data.name=folder", "data.name=folder needs data.path=DIR"),
+        ("pretrain.method=simsam", "config key 'pretrain.method'"),
+    ],
+)
+def test_bad_values_give_one_line_with_the_fix(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["pretrain.epochs", "=5", "pretrain..epochs=3", "a=[1, 2"])
+def test_malformed_overrides_are_rejected(text):
+    with pytest.raises(ConfigError, match="malformed override"):
+        parse_override(text)
+
+
+def test_missing_and_invalid_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("study: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_fingerprint_ignores_the_grid_but_not_the_recipe():
+    base = load_config()
+    more_seeds = load_config(None, ["finetune.seeds=[0, 1, 2, 3]", "finetune.budgets=[1]"])
+    longer = load_config(None, ["pretrain.epochs=7"])
+    sections = ("data", "pretrain", "finetune")
+    assert base.fingerprint(*sections) == load_config().fingerprint(*sections)
+    assert StudyConfig().fingerprint(*sections) != base.fingerprint("data", "pretrain")
+    assert more_seeds.fingerprint(*sections) == base.fingerprint(*sections)
+    assert longer.fingerprint(*sections) != base.fingerprint(*sections)
+
+
+def test_learning_rate_scales_with_the_global_batch():
+    cfg = load_config(None, ["pretrain.lr=0.004", "pretrain.batch_size=64", "pretrain.num_workers=4"])
+    assert cfg.pretrain.effective_lr == pytest.approx(0.004 * 256 / 256)

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from cluster.config import DataConfig
+from pretrain.data import DataError, load_data, plan_data
+from tests.conftest import write_image_folder
+
+
+def test_digits_split_is_stratified_fixed_and_disjoint():
+    plan = plan_data(DataConfig())
+    again = plan_data(DataConfig())
+    assert plan.test == again.test
+    assert not set(plan.pool) & set(plan.test)
+    assert len(plan.pool) + len(plan.test) == 1797
+    test_share = np.bincount(plan.test_labels) / np.bincount(np.concatenate([plan.pool_labels, plan.test_labels]))
+    assert np.allclose(test_share, 0.3, atol=0.02)
+    data = load_data(plan)
+    assert data.pool.images.shape == (len(plan.pool), 1, 16, 16)
+    assert data.pool.images.dtype.is_floating_point is False
+    assert len(data.unlabeled) == len(data.pool)
+
+
+def test_image_folder_with_test_split_and_extra_unlabeled(tmp_path):
+    write_image_folder(tmp_path / "ds" / "train", {"a": 6, "b": 7})
+    write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 3})
+    write_image_folder(tmp_path / "more" / "x" / "deep", {"u": 4})
+    cfg = DataConfig(name="folder", path=str(tmp_path / "ds"), unlabeled_path=str(tmp_path / "more"), image_size=8)
+    plan = plan_data(cfg)
+    assert plan.classes == ("a", "b")
+    assert plan.class_counts() == {"a": 6, "b": 7}
+    data = load_data(plan)
+    assert data.test.labels.tolist() == [0, 0, 1, 1, 1]
+    assert data.pool.images.shape == (13, 3, 8, 8)
+    assert len(data.unlabeled) == 13 + 4
+    assert (data.unlabeled.labels == -1).all()
+    assert len(data.mean) == 3
+
+
+def test_folder_without_test_is_split_and_capped_per_class(tmp_path):
+    write_image_folder(tmp_path, {"a": 20, "b": 20, "c": 20})
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path), test_fraction=0.25, max_per_class=10))
+    assert np.bincount(plan.test_labels).tolist() == [5, 5, 5]
+    assert np.bincount(plan.pool_labels).tolist() == [10, 10, 10]
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    write_image_folder(tmp_path / "train", {"a": 5, "b": 5})
+    write_image_folder(tmp_path / "test", {"a": 2, "b": 2})
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "train" / "b" / "empty.jpg").write_bytes(b"")
+    data = load_data(plan_data(DataConfig(name="folder", path=str(tmp_path))))
+    assert data.skipped == 2
+    assert len(data.pool) == 10
+
+
+def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist: point it at an ImageFolder root"):
+        plan_data(DataConfig(name="folder", path=str(tmp_path / "missing")))
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="no images found under"):
+        plan_data(DataConfig(name="folder", path=str(tmp_path / "empty")))
+
+
+def test_cifar10_copy_loads_as_image_folder(cifar_root):
+    plan = plan_data(DataConfig(name="folder", path=str(cifar_root), max_per_class=20))
+    assert len(plan.classes) == 10 and "cat" in plan.classes
+    assert len(plan.test) == 10_000
+    assert plan.class_counts()["cat"] == 20

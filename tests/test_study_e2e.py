@@ -1,0 +1,145 @@
+"""A tiny study through the real CLI: Ray in-process, Ray Train with 2 workers, a real MLflow store."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+from safetensors.torch import load_file
+
+from pretrain.backbones import build_backbone
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "pretrain.epochs=2",
+    "pretrain.batch_size=64",
+    "pretrain.checkpoint_every=1",
+    "finetune.budgets=[1, 2]",
+    "finetune.seeds=[0, 1]",
+    "finetune.steps=10",
+]
+ARMS = ["ssl-linear", "ssl-finetune", "scratch"]
+
+
+def store(cwd: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("tiny").experiment_id
+
+
+def runs_by_role(client: MlflowClient, experiment_id: str) -> dict[str, list]:
+    runs = client.search_runs([experiment_id], max_results=1000)
+    roles: dict[str, list] = {}
+    for run in runs:
+        roles.setdefault(run.data.tags.get("labelcurve.role"), []).append(run)
+    return roles
+
+
+def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve, tmp_path):
+    result = labelcurve("run", "study=tiny", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "pretrain epoch 2/2" in out + result.stderr
+    assert "labels/class" in out and "ssl-linear" in out
+    assert "labelcurve ui" in out
+
+    client, experiment_id = store(tmp_path)
+    roles = runs_by_role(client, experiment_id)
+    (parent,) = roles["study"]
+    (pre,) = roles["pretrain"]
+    children = roles["finetune"]
+    assert parent.info.status == pre.info.status == "FINISHED"
+    assert len(children) == 3 * 2 * 2
+    assert {(r.data.params["arm"], r.data.params["labels_per_class"], r.data.params["seed"]) for r in children} == {
+        (a, b, s) for a in ARMS for b in ("1", "2") for s in ("0", "1")
+    }
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert int(run.data.params["n_labels"]) == 10 * int(run.data.params["labels_per_class"])
+        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+        assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0
+        assert run.data.metrics["train_seconds"] > 0
+
+    # Pretraining: one loss per epoch, the backbone as safetensors, and it is not the random init.
+    losses = client.get_metric_history(pre.info.run_id, "train/loss")
+    assert [m.step for m in losses] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(pre.info.run_id)}
+    assert {"backbone.safetensors", "backbone.json"} <= artifacts
+    state = load_file(client.download_artifacts(pre.info.run_id, "backbone.safetensors", str(tmp_path)))
+    backbone = build_backbone("small_cnn", 1)
+    backbone.load_state_dict(state)
+    torch.manual_seed(0)
+    assert any(not torch.equal(v, build_backbone("small_cnn", 1).state_dict()[k]) for k, v in state.items())
+
+    # The parent run draws the curve: accuracy/<arm> at steps 1 and 2; curve.png and results.csv.
+    for arm in ARMS:
+        history = client.get_metric_history(parent.info.run_id, f"accuracy/{arm}")
+        assert sorted(m.step for m in history) == [1, 2]
+    frame = pd.read_csv(client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path)))
+    assert len(frame) == 12 and set(frame.arm) == set(ARMS)
+    png = Path(client.download_artifacts(parent.info.run_id, "curve.png", str(tmp_path))).read_bytes()
+    assert Image.open(io.BytesIO(png)).size[0] > 400
+
+    # Same command again: every run is found and skipped; nothing is recorded twice.
+    again = labelcurve("run", "study=tiny", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "12 of 12 runs already recorded" in again.stdout
+    roles = runs_by_role(client, experiment_id)
+    assert len(roles["finetune"]) == 12 and len(roles["pretrain"]) == 1 and len(roles["study"]) == 1
+    for arm in ARMS:
+        assert len(client.get_metric_history(parent.info.run_id, f"accuracy/{arm}")) == 2
+
+    # A larger grid adds only the new runs and reuses the finished pretraining.
+    more = labelcurve(
+        "run", "study=tiny", *TINY[:-3], "finetune.budgets=[1, 2, 5]", "finetune.seeds=[0, 1]", "finetune.steps=10"
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "reusing finished run" in more.stdout
+    roles = runs_by_role(client, experiment_id)
+    assert len(roles["finetune"]) == 18 and len(roles["pretrain"]) == 1
+
+
+def test_driver_killed_mid_sweep_resumes_and_duplicates_nothing(tmp_path):
+    args = ["study=tiny", *TINY[:-3], "finetune.budgets=[1, 2, 5, 10]", "finetune.seeds=[0, 1]", "finetune.steps=60"]
+    command = [str(Path(sys.executable).parent / "labelcurve"), "run", *args]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        finished = 0
+        while time.monotonic() < deadline and finished < 4:
+            time.sleep(1)
+            if (tmp_path / "mlflow.db").exists() and driver.poll() is None:
+                try:
+                    client, experiment_id = store(tmp_path)
+                    runs = runs_by_role(client, experiment_id).get("finetune", [])
+                    finished = sum(r.info.status == "FINISHED" for r in runs)
+                except Exception:  # the store is still being created
+                    finished = 0
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+        assert finished >= 4
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    client, experiment_id = store(tmp_path)
+    before = sum(r.info.status == "FINISHED" for r in runs_by_role(client, experiment_id)["finetune"])
+    assert 4 <= before < 24
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{before} of 24 runs already recorded" in resumed.stdout
+    roles = runs_by_role(client, experiment_id)
+    keys = [r.data.tags["labelcurve.run_key"] for r in roles["finetune"]]
+    assert len(keys) == len(set(keys)) == 24
+    assert all(r.info.status == "FINISHED" for r in roles["finetune"])
+    assert len(roles["pretrain"]) == 1 and len(roles["study"]) == 1
+    assert roles["study"][0].info.status == "FINISHED"
