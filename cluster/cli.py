@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
@@ -70,5 +69,7 @@ def ui(host: str, port: int) -> None:
         click.echo(f"The tracking server already serves the UI: open {uri}")
         return
     click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
+    # MLflow's server-side job runner (GenAI jobs) starts a dozen worker processes labelcurve never uses.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    sys.exit(subprocess.call(command, env=os.environ.copy()))
+    os.execve(sys.executable, command, env)  # signals (Ctrl+C, SIGTERM) reach the server itself

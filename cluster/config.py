@@ -40,7 +40,8 @@ class DataConfig(_Section):
     channels: Literal[1, 3] | None = None
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     split_seed: int = 0
-    max_per_class: int | None = Field(None, ge=1)
+    max_per_class: int | None = Field(None, ge=1, description="cap on the labeled pool per class")
+    max_test_per_class: int | None = Field(None, ge=1, description="cap on the test split per class")
     max_unlabeled: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -160,15 +160,15 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
                 for result in run_sweep(todo, inputs, settings):
                     _log_result(tracker, parent, result, recorded.get(result.spec.key))
                     progress.update(task, advance=1, description=f"{result.spec.key}: {result.accuracy:.3f}")
-        keys = {s.key for s in specs}
-        runs = [r for k, r in tracker.children(parent, FINETUNE).items() if k in keys and r.info.status == FINISHED]
+        # The study's answer covers every finished run under its parent, also from earlier invocations.
+        runs = [r for r in tracker.children(parent, FINETUNE).values() if r.info.status == FINISHED]
         frame = results_frame([_recorded(r, len(data.classes)) for r in runs], len(data.classes))
         table = summary_table(frame, cfg.finetune.arms)
         tracker.log_curve_points(parent, curve_points(frame))
         tracker.log_artifacts(
             parent,
             {
-                "curve.png": curve_png(frame, f"{cfg.study}: test accuracy vs labels"),
+                "curve.png": curve_png(frame, cfg.finetune.arms, f"{cfg.study}: test accuracy vs labels"),
                 "results.csv": frame.to_csv(index=False).encode(),
             },
         )

@@ -51,13 +51,19 @@ def summary_table(frame: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
         label = budget if budget != "all" else f"all ({x:.0f})"
         spread = 0.0 if pd.isna(row["std"]) else row["std"]
         table.setdefault(label, {})[arm] = f"{row['mean']:.3f} ± {spread:.3f}"
-    return pd.DataFrame.from_dict(table, orient="index").reindex(columns=[a for a in arms if a in set(frame.arm)])
+    return pd.DataFrame.from_dict(table, orient="index").reindex(columns=_ordered_arms(frame, arms))
 
 
-def curve_png(frame: pd.DataFrame, title: str) -> bytes:
+def _ordered_arms(frame: pd.DataFrame, arms: list[str]) -> list[str]:
+    present = set(frame.arm)
+    return [a for a in arms if a in present] + sorted(present - set(arms))
+
+
+def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:
     """Accuracy vs labels per class (log x): mean over seeds per arm, band = min..max."""
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for arm, part in frame.groupby("arm", sort=False):
+    for arm in _ordered_arms(frame, arms):
+        part = frame[frame.arm == arm]
         stats = part.groupby("labels_per_class")["accuracy"].agg(["mean", "min", "max"])
         axis.plot(stats.index, stats["mean"], marker="o", label=arm)
         axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)

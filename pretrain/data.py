@@ -184,6 +184,9 @@ def plan_data(cfg) -> DataPlan:
             items, labels, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.split_seed
         )
     items, labels = _per_class_cap(list(items), np.asarray(labels), cfg.max_per_class, cfg.split_seed)
+    test_items, test_labels = _per_class_cap(
+        list(test_items), np.asarray(test_labels), cfg.max_test_per_class, cfg.split_seed
+    )
     extra: list[object] = []
     if cfg.unlabeled_path:
         folder = Path(cfg.unlabeled_path).expanduser()
@@ -192,7 +195,9 @@ def plan_data(cfg) -> DataPlan:
         extra = _image_files(folder)
         if not extra:
             raise DataError(f"no images found under data.unlabeled_path '{folder}': add images or remove it")
-        extra = extra[: cfg.max_unlabeled]
+        if cfg.max_unlabeled is not None and len(extra) > cfg.max_unlabeled:
+            keep = np.random.default_rng(cfg.split_seed).choice(len(extra), cfg.max_unlabeled, replace=False)
+            extra = [extra[i] for i in sorted(keep)]
     return DataPlan(
         classes=classes,
         pool=list(items),

@@ -67,3 +67,11 @@ def test_cifar10_copy_loads_as_image_folder(cifar_root):
     assert len(plan.classes) == 10 and "cat" in plan.classes
     assert len(plan.test) == 10_000
     assert plan.class_counts()["cat"] == 20
+    capped = plan_data(DataConfig(name="folder", path=str(cifar_root), max_per_class=20, max_test_per_class=30))
+    assert np.bincount(capped.test_labels).tolist() == [30] * 10
+    data = load_data(capped)
+    assert data.pool.images.shape == (200, 3, 32, 32) and data.channels == 3
+    extra = plan_data(
+        DataConfig(name="folder", path=str(cifar_root), unlabeled_path=str(cifar_root / "train"), max_unlabeled=500)
+    ).extra_unlabeled
+    assert len(extra) == 500 and len({p.parent.name for p in extra}) == 10  # a sample, not the first folders

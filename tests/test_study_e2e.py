@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +94,8 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     png = Path(client.download_artifacts(parent.info.run_id, "curve.png", str(tmp_path))).read_bytes()
     assert Image.open(io.BytesIO(png)).size[0] > 400
 
+    assert_ui_serves(tmp_path, experiment_id, parent.info.run_id, n_runs=14)
+
     # Same command again: every run is found and skipped; nothing is recorded twice.
     again = labelcurve("run", "study=tiny", *TINY)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -107,6 +113,40 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert "reusing finished run" in more.stdout
     roles = runs_by_role(client, experiment_id)
     assert len(roles["finetune"]) == 18 and len(roles["pretrain"]) == 1
+
+
+def assert_ui_serves(cwd: Path, experiment_id: str, parent_id: str, n_runs: int) -> None:
+    """`labelcurve ui` serves the same runs (by the names the CLI prints) and the curve plot."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "labelcurve"), "ui", "--port", str(port)]
+    server = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        body = json.dumps({"experiment_ids": [experiment_id], "max_results": 1000}).encode()
+        for _ in range(60):
+            try:
+                request = urllib.request.Request(
+                    f"{base}/ajax-api/2.0/mlflow/runs/search", body, {"Content-Type": "application/json"}
+                )
+                runs = json.load(urllib.request.urlopen(request, timeout=5))["runs"]
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("labelcurve ui did not answer within 60 s")
+        names = {r["info"]["run_name"] for r in runs}
+        assert len(runs) == n_runs
+        assert {"tiny", "pretrain-simclr", "ssl-linear-1-s0", "scratch-2-s1"} <= names
+        with urllib.request.urlopen(f"{base}/get-artifact?path=curve.png&run_uuid={parent_id}", timeout=10) as reply:
+            assert reply.headers["Content-Type"] == "image/png"
+            assert reply.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and every process it started
+        server.wait(timeout=30)
 
 
 def test_driver_killed_mid_sweep_resumes_and_duplicates_nothing(tmp_path):
