@@ -11,9 +11,10 @@ from cluster.config import ConfigError, load_config
 from cluster.ray_runtime import RayConnectError
 from cluster.tracking import TrackingError, tracking_uri
 from finetune.budgets import BudgetError
+from finetune.curves import CurveError
 from pretrain.data import DataError
 
-USER_ERRORS = (ConfigError, DataError, BudgetError, TrackingError, RayConnectError)
+USER_ERRORS = (ConfigError, DataError, BudgetError, TrackingError, RayConnectError, CurveError)
 
 
 class UserError(click.ClickException):
@@ -55,6 +56,71 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         run_study(cfg)
     except USER_ERRORS as error:
         raise UserError(str(error)) from None
+
+
+def _answer(function, *args) -> None:
+    from cluster.console import make_console
+
+    try:
+        function(*args, make_console())
+    except USER_ERRORS as error:
+        raise UserError(str(error)) from None
+
+
+STUDY = click.option("--study", default="quickstart", show_default=True, help="Study name (the MLflow experiment).")
+TARGET = click.option(
+    "--target",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    required=True,
+    help="Target test accuracy, e.g. 0.9.",
+)
+
+
+@main.command()
+@TARGET
+@STUDY
+def predict(target: float, study: str) -> None:
+    """Labels needed for a target accuracy per arm, and how many labels pretraining saves."""
+    from cluster.answers import predict as answer
+
+    _answer(answer, study, target)
+
+
+@main.command()
+@STUDY
+@click.option(
+    "--cut",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Fit on budgets up to this share of the labeled pool.",
+)
+@click.option("--cut-labels", type=click.IntRange(1), default=None, help="Fit on budgets up to this many labels.")
+def backtest(study: str, cut: float, cut_labels: int | None) -> None:
+    """Score the curve fit on small budgets against the larger budgets that were measured."""
+    from cluster.answers import run_backtest
+
+    _answer(run_backtest, study, cut, cut_labels)
+
+
+@main.command()
+@TARGET
+@STUDY
+@click.option(
+    "--quantile",
+    default=0.75,
+    show_default=True,
+    type=click.FloatRange(0.5, 0.99),
+    help="Label enough to reach the target with this probability under the fit.",
+)
+@click.option(
+    "--cost-per-label", type=click.FloatRange(0), default=None, help="Price of one label (adds a cost column)."
+)
+def plan(target: float, study: str, quantile: float, cost_per_label: float | None) -> None:
+    """Recommend the next budget to label toward a target accuracy (one round)."""
+    from cluster.answers import plan as answer
+
+    _answer(answer, study, target, quantile, cost_per_label)
 
 
 @main.command()

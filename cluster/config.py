@@ -140,7 +140,8 @@ class StudyConfig(_Section):
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the settings that change results; the grid lists do not."""
-        dump = self.model_dump(mode="json", include=set(sections) | {"seed"})
+        # exclude_none: a new optional setting (default None) must not orphan existing studies
+        dump = self.model_dump(mode="json", include=set(sections) | {"seed"}, exclude_none=True)
         for key in ("arms", "budgets", "seeds"):
             dump.get("finetune", {}).pop(key, None)
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]

@@ -10,14 +10,16 @@ import json
 import tempfile
 from dataclasses import dataclass
 
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors.torch import load_file, save
 
 from cluster.config import StudyConfig
+from cluster.console import make_console
 from cluster.ray_runtime import check_ray_address, connect
-from cluster.tracking import FINETUNE, FINISHED, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
+from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
 from finetune.arms import SSL_ARMS
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, results_frame, summary_table
@@ -30,10 +32,12 @@ MODEL_CARD = "backbone.json"
 
 @dataclass
 class StudyOutcome:
+    """What :func:`run_study` returns to Python callers: the records and the answer."""
+
     parent_run_id: str
     experiment_id: str
-    table: object
-    frame: object
+    table: pd.DataFrame  # rows = budgets, columns = arms, "mean ± std"
+    frame: pd.DataFrame  # one row per finished run
     ran: int
     skipped: int
 
@@ -99,11 +103,19 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     return result.backbone_state
 
 
-def _recorded(run, n_classes: int) -> RunResult:
+def _recorded(run) -> RunResult:
+    """A finished child run read back from MLflow."""
     p, m = run.data.params, run.data.metrics
     budget = p["labels_per_class"]
     spec = RunSpec(p["arm"], budget if budget == "all" else int(budget), int(p["seed"]))
     return RunResult(spec, int(p["n_labels"]), m["test_accuracy"], m["test_macro_f1"], m["train_seconds"])
+
+
+def study_results(tracker: StudyTracker, parent: str) -> tuple[pd.DataFrame, int]:
+    """Every finished labeled run of a study (also from earlier invocations), and its class count."""
+    n_classes = int(tracker.client.get_run(parent).data.tags[N_CLASSES])
+    runs = [r for r in tracker.children(parent, FINETUNE).values() if r.info.status == FINISHED]
+    return results_frame([_recorded(r) for r in runs], n_classes), n_classes
 
 
 def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) -> None:
@@ -119,7 +131,7 @@ def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) ->
 
 def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     """Run (or resume) the study described by ``cfg``; returns the summary."""
-    console = console or Console(soft_wrap=True)
+    console = console or make_console()
     uri, plan = prepare(cfg)
     data = load_data(plan)
     if data.skipped:
@@ -130,6 +142,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     )
     tracker = StudyTracker(uri, cfg.study)
     parent, resumed = tracker.open_parent(cfg.fingerprint("data", "pretrain", "finetune"), cfg.model_dump(mode="json"))
+    tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
     console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
     try:
         specs = grid(cfg.finetune.arms, cfg.finetune.budgets, cfg.finetune.seeds)
@@ -160,11 +173,9 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
                 for result in run_sweep(todo, inputs, settings):
                     _log_result(tracker, parent, result, recorded.get(result.spec.key))
                     progress.update(task, advance=1, description=f"{result.spec.key}: {result.accuracy:.3f}")
-        # The study's answer covers every finished run under its parent, also from earlier invocations.
-        runs = [r for r in tracker.children(parent, FINETUNE).values() if r.info.status == FINISHED]
-        frame = results_frame([_recorded(r, len(data.classes)) for r in runs], len(data.classes))
+        frame, _ = study_results(tracker, parent)
         table = summary_table(frame, cfg.finetune.arms)
-        tracker.log_curve_points(parent, curve_points(frame))
+        tracker.log_series(parent, {f"accuracy/{arm}": points for arm, points in curve_points(frame).items()})
         tracker.log_artifacts(
             parent,
             {

@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
+N_CLASSES = "labelcurve.n_classes"
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
@@ -69,6 +70,23 @@ class StudyTracker:
         query = " and ".join(conditions)
         return self.client.search_runs([self.experiment_id], query, max_results=50000, order_by=["start_time ASC"])
 
+    @classmethod
+    def existing(cls, uri: str, study: str) -> StudyTracker:
+        """The tracker of a study that has been run; a one-line error naming the known ones if not."""
+        client = MlflowClient(uri)
+        if client.get_experiment_by_name(study) is None:
+            known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+            listing = ", ".join(known) if known else "none yet: run `labelcurve run` first"
+            raise TrackingError(f"no study named '{study}' in {uri}: known studies are {listing}")
+        return cls(uri, study)
+
+    def latest_parent(self) -> str:
+        """The most recently started study run of this experiment."""
+        found = self._search(f"tags.`{ROLE}` = '{STUDY}'")
+        if not found:
+            raise TrackingError(f"study '{self.study}' has no study run: run `labelcurve run` first")
+        return found[-1].info.run_id
+
     def open_parent(self, fingerprint: str, config: dict) -> tuple[str, bool]:
         """The study's parent run id, and whether it was resumed rather than created."""
         found = self._search(f"tags.`{ROLE}` = '{STUDY}'", f"tags.`{FINGERPRINT}` = '{fingerprint}'")
@@ -111,15 +129,15 @@ class StudyTracker:
     def finish(self, run_id: str, status: str = FINISHED) -> None:
         self.client.set_terminated(run_id, status)
 
-    def log_curve_points(self, parent_id: str, points: dict[str, dict[int, float]]) -> None:
-        """Metric ``accuracy/<arm>`` with step = labels per class, each point once."""
-        for arm, by_step in points.items():
-            key = f"accuracy/{arm}"
-            seen = {(m.step, round(m.value, 12)) for m in self.client.get_metric_history(parent_id, key)}
-            now = int(time.time() * 1000)
-            metrics = [Metric(key, float(v), now, s) for s, v in by_step.items() if (s, round(v, 12)) not in seen]
-            if metrics:
-                self.client.log_batch(parent_id, metrics=metrics)
+    def log_series(self, run_id: str, series: dict[str, dict[int, float]]) -> None:
+        """Metrics by key and step, each (step, value) point logged once however often we are asked."""
+        now = int(time.time() * 1000)
+        metrics = []
+        for key, by_step in series.items():
+            seen = {(m.step, round(m.value, 12)) for m in self.client.get_metric_history(run_id, key)}
+            metrics += [Metric(key, float(v), now, s) for s, v in by_step.items() if (s, round(v, 12)) not in seen]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
 
     def log_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
         with tempfile.TemporaryDirectory() as folder:

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from finetune.budgets import labels_per_class
@@ -73,6 +74,46 @@ def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:
     axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:
+    """Measured runs, fitted curves with their intervals, the target and the labels it needs."""
+    figure, axis = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    classes = next(iter(curves.values())).n_classes
+    top = frame.n_labels.max() * (10 if target else 3)
+    grid = np.geomspace(max(frame.n_labels.min() / 2, 1), top, 200)
+    for arm, curve in curves.items():
+        part = frame[frame.arm == arm]
+        line = axis.plot(grid / classes, curve.predict(grid), label=arm)[0]
+        low, high = curve.predict_interval(grid)
+        axis.fill_between(grid / classes, low, high, color=line.get_color(), alpha=0.18)
+        axis.scatter(part.n_labels / classes, part.accuracy, color=line.get_color(), s=12, alpha=0.7)
+        if target is not None:
+            needed = curve.labels_needed(target).point
+            if np.isfinite(needed) and needed <= top:
+                axis.axvline(needed / classes, color=line.get_color(), linestyle="--", linewidth=1)
+                axis.annotate(
+                    f"{needed / classes:.0f}/class",
+                    (needed / classes, target),
+                    rotation=90,
+                    xytext=(3, -40),
+                    textcoords="offset points",
+                    color=line.get_color(),
+                    fontsize=8,
+                )
+    if target is not None:
+        axis.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("labels per class")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right")
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")

@@ -1,0 +1,165 @@
+"""The questions a study answers, read back from MLflow: predict, backtest, plan.
+
+Each command fits learning curves to the finished runs of a study's latest study run, prints a
+table, and logs its numbers (and the forecast plot) to that study run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from cluster.study import study_results
+from cluster.tracking import StudyTracker, tracking_uri
+from finetune.arms import SCRATCH
+from finetune.curves import Estimate
+from finetune.forecast import backtest, fit_curves, multipliers, plan_next_round
+from finetune.report import forecast_png
+
+
+def _count(value: float) -> str:
+    return "∞" if not math.isfinite(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _interval(e: Estimate, fmt=_count) -> str:
+    return f"{fmt(e.point)} [{fmt(e.low)}, {fmt(e.high)}]"
+
+
+def _per_class(e: Estimate, n_classes: int) -> Estimate:
+    return Estimate(e.point / n_classes, e.low / n_classes, e.high / n_classes)
+
+
+def _load(study: str):
+    tracker = StudyTracker.existing(tracking_uri(), study)
+    parent = tracker.latest_parent()
+    frame, n_classes = study_results(tracker, parent)
+    return tracker, parent, frame, n_classes
+
+
+def predict(study: str, target: float, console: Console) -> dict:
+    """Per arm: accuracy at the next budgets, labels for ``target``, and the label multiplier."""
+    tracker, parent, frame, n_classes = _load(study)
+    curves = fit_curves(frame, n_classes)
+    largest = int(frame.labels_per_class.max())
+    next_per_class = [2 * largest, 5 * largest]
+    share = round(next(iter(curves.values())).interval * 100)
+    view = Table(title=f"{study}: forecast for target accuracy {target:g} ({share}% intervals)")
+    columns = ["arm", "ceiling", *[f"acc @ {b}/class" for b in next_per_class], "labels needed", "per class"]
+    for column in columns:
+        view.add_column(column, justify="right")
+    answer: dict = {"study": study, "target": target, "interval": share / 100, "arms": {}}
+    series: dict[str, dict[int, float]] = {}
+    step = round(target * 100)
+    for arm, curve in curves.items():
+        ceiling, needed = curve.ceiling(), curve.labels_needed(target)
+        low, high = curve.predict_interval([b * n_classes for b in next_per_class])
+        points = curve.predict([b * n_classes for b in next_per_class])
+        cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(points, low, high, strict=True)]
+        if needed.reachable:
+            reach = [_interval(needed), _interval(_per_class(needed, n_classes))]
+        else:
+            reach = ["not reachable", f"(≥ {_count(needed.low / n_classes)} if at all)"]
+        view.add_row(arm, _interval(ceiling, "{:.3f}".format), *cells, *reach)
+        answer["arms"][arm] = {"ceiling": vars(ceiling), "labels_needed": vars(needed)}
+        series[f"ceiling/{arm}"] = {0: ceiling.point}
+        for key, value in (
+            ("labels_needed", needed.point),
+            ("labels_needed_low", needed.low),
+            ("labels_needed_high", needed.high),
+        ):
+            if math.isfinite(value):
+                series[f"{key}/{arm}"] = {step: value}
+    console.print(view)
+    ratios = multipliers(curves, [b for b in (1, 2, 5, 10) if b <= largest])
+    if not ratios.empty:
+        table = Table(title=f"label multiplier: labels `{SCRATCH}` needs to match each arm, per label of that arm")
+        for column in ["arm", "labels/class", "multiplier"]:
+            table.add_column(column, justify="right")
+        for row in ratios.itertuples():
+            table.add_row(row.arm, str(row.labels_per_class), f"{row.multiplier:.1f}x [{row.low:.1f}, {row.high:.1f}]")
+            series.setdefault(f"label_multiplier/{row.arm}", {})[row.labels_per_class] = row.multiplier
+        console.print(table)
+        answer["label_multiplier"] = ratios.to_dict(orient="records")
+    tracker.log_series(parent, series)
+    tracker.log_artifacts(
+        parent,
+        {
+            "prediction.png": forecast_png(frame, curves, target, f"{study}: fitted curves and target {target:g}"),
+            "prediction.json": json.dumps(answer, indent=2, default=float).encode(),
+        },
+    )
+    console.print(f"logged to study run {parent}: prediction.png, prediction.json, labels_needed/<arm>")
+    return answer
+
+
+def run_backtest(study: str, cut: float, cut_labels: int | None, console: Console) -> pd.DataFrame:
+    """Fit on budgets up to the cut, score the predictions at the larger measured budgets."""
+    tracker, parent, frame, n_classes = _load(study)
+    if cut_labels is None:
+        pool = frame.loc[frame.budget == "all", "n_labels"]
+        total = int(pool.max()) if not pool.empty else int(frame.n_labels.max())
+        cut_labels = int(cut * total)
+    scores = backtest(frame, n_classes, cut_labels)
+    view = Table(title=f"{study}: backtest, fitted on <= {cut_labels} labels ({cut_labels / n_classes:.0f}/class)")
+    for column in ["arm", "held-out labels", "measured", "predicted", "abs error", "label ratio", "in 80% interval"]:
+        view.add_column(column, justify="right")
+    for row in scores.itertuples():
+        view.add_row(
+            row.arm,
+            f"{row.n_labels}",
+            f"{row.measured:.3f}",
+            f"{row.predicted:.3f}",
+            f"{row.abs_error:.3f}",
+            f"{row.label_ratio:.2f}",
+            "yes" if row.covered else "no",
+        )
+    console.print(view)
+    summary = {
+        "backtest/mean_abs_error": float(scores.abs_error.mean()),
+        "backtest/median_label_ratio": float(np.median(scores.label_ratio)),
+        "backtest/coverage": float(scores.covered.mean()),
+    }
+    console.print(
+        f"mean |error| {summary['backtest/mean_abs_error']:.3f}, median label ratio "
+        f"{summary['backtest/median_label_ratio']:.2f}, coverage {summary['backtest/coverage']:.0%} (nominal 80%)"
+    )
+    tracker.log_series(parent, {k: {cut_labels: v} for k, v in summary.items()})
+    tracker.log_artifacts(parent, {"backtest.csv": scores.to_csv(index=False).encode()})
+    return scores
+
+
+def plan(study: str, target: float, quantile: float, cost_per_label: float | None, console: Console) -> list:
+    """The next budget to label per arm: a quantile of the labels needed, capped per round."""
+    _, _, frame, n_classes = _load(study)
+    curves = fit_curves(frame, n_classes)
+    current = int(frame.n_labels.max())
+    view = Table(title=f"{study}: next round toward accuracy {target:g} (now {current} labels)")
+    for column in ["arm", "label up to", "per class", "P(reach target)", "point estimate"]:
+        view.add_column(column, justify="right")
+    if cost_per_label is not None:
+        view.add_column("cost of the round", justify="right")
+    rounds = []
+    for arm, curve in curves.items():
+        step = plan_next_round(curve, arm, target, current, quantile=quantile)
+        cells = [
+            arm,
+            f"{step.next_labels:,.0f}",
+            f"{step.next_per_class}",
+            f"{step.reach_probability:.0%}",
+            _count(step.needed.point),
+        ]
+        if cost_per_label is not None:
+            cells.append(f"{max(step.next_labels - current, 0) * cost_per_label:,.2f}")
+        view.add_row(*cells)
+        rounds.append(step)
+    console.print(view)
+    console.print(
+        f"quantile {quantile:g} of the labels needed, at most 4x the labels of today per round; "
+        "label, run the study with the new budget, and plan again"
+    )
+    return rounds
