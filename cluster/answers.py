@@ -63,7 +63,8 @@ def predict(study: str, target: float, console: Console) -> dict:
         if needed.reachable:
             reach = [_interval(needed), _interval(_per_class(needed, n_classes))]
         else:
-            reach = ["not reachable", f"(≥ {_count(needed.low / n_classes)} if at all)"]
+            low = needed.low / n_classes
+            reach = ["not reachable", f"≥ {_count(low)} if at all" if math.isfinite(low) else "above the ceiling"]
         view.add_row(arm, _interval(ceiling, "{:.3f}".format), *cells, *reach)
         answer["arms"][arm] = {"ceiling": vars(ceiling), "labels_needed": vars(needed)}
         series[f"ceiling/{arm}"] = {0: ceiling.point}
@@ -109,25 +110,31 @@ def run_backtest(study: str, cut: float, cut_labels: int | None, console: Consol
     for column in ["arm", "held-out labels", "measured", "predicted", "abs error", "label ratio", "in 80% interval"]:
         view.add_column(column, justify="right")
     for row in scores.itertuples():
+        ratio = f"{row.label_ratio:.2f}" if math.isfinite(row.label_ratio) else "fit: unreachable"
         view.add_row(
             row.arm,
             f"{row.n_labels}",
             f"{row.measured:.3f}",
             f"{row.predicted:.3f}",
             f"{row.abs_error:.3f}",
-            f"{row.label_ratio:.2f}",
+            ratio,
             "yes" if row.covered else "no",
         )
     console.print(view)
+    finite = scores.label_ratio[np.isfinite(scores.label_ratio)]
     summary = {
         "backtest/mean_abs_error": float(scores.abs_error.mean()),
-        "backtest/median_label_ratio": float(np.median(scores.label_ratio)),
+        "backtest/median_label_ratio": float(np.median(finite)) if len(finite) else math.nan,
         "backtest/coverage": float(scores.covered.mean()),
     }
+    unreachable = len(scores) - len(finite)
     console.print(
         f"mean |error| {summary['backtest/mean_abs_error']:.3f}, median label ratio "
-        f"{summary['backtest/median_label_ratio']:.2f}, coverage {summary['backtest/coverage']:.0%} (nominal 80%)"
+        f"{summary['backtest/median_label_ratio']:.2f}"
+        + (f" ({unreachable} held-out accuracies the fit called unreachable)" if unreachable else "")
+        + f", coverage {summary['backtest/coverage']:.0%} (nominal 80%)"
     )
+    summary = {k: v for k, v in summary.items() if math.isfinite(v)}
     tracker.log_series(parent, {k: {cut_labels: v} for k, v in summary.items()})
     tracker.log_artifacts(parent, {"backtest.csv": scores.to_csv(index=False).encode()})
     return scores

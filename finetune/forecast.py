@@ -71,6 +71,12 @@ def backtest(frame: pd.DataFrame, n_classes: int, cut_labels: float, **curve_opt
     held = frame[frame.n_labels > cut_labels]
     if held.empty:
         raise CurveError(f"no measured budget above the cut of {cut_labels:.0f} labels: lower the cut")
+    fit_on = seen.n_labels.nunique()
+    if fit_on < 3:
+        raise CurveError(
+            f"the cut of {cut_labels:.0f} labels leaves {fit_on} budgets to fit on and a curve needs at least 3: "
+            "raise --cut or --cut-labels"
+        )
     curves = fit_curves(seen, n_classes, **curve_options)
     rows = []
     for (arm, n), part in held.groupby(["arm", "n_labels"]):
@@ -78,7 +84,7 @@ def backtest(frame: pd.DataFrame, n_classes: int, cut_labels: float, **curve_opt
         measured = float(part.accuracy.mean())
         predicted = float(curve.predict(n))
         low, high = curve.predict_interval([n])
-        needed = curve.labels_needed(measured).point if curve.chance_ < measured < 1 else math.nan
+        needed = curve.labels_needed(measured).point if curve.chance_ < measured < 1 else math.inf
         rows.append(
             {
                 "arm": arm,
@@ -86,7 +92,8 @@ def backtest(frame: pd.DataFrame, n_classes: int, cut_labels: float, **curve_opt
                 "measured": measured,
                 "predicted": predicted,
                 "abs_error": abs(predicted - measured),
-                "label_ratio": n / needed if needed and math.isfinite(needed) else 0.0,
+                # inf: the fit put the measured accuracy above its ceiling (no finite prediction)
+                "label_ratio": n / needed if math.isfinite(needed) else math.inf,
                 "covered": bool(low[0] <= measured <= high[0]),
             }
         )

@@ -96,6 +96,16 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
 
     assert_ui_serves(tmp_path, experiment_id, parent.info.run_id, n_runs=14)
 
+    # Two budgets are too few for a curve; unknown studies and impossible targets are named.
+    for args, fragment in [
+        (("predict", "--target", "0.9", "--study", "tiny"), "arm 'ssl-linear': a curve needs at least 3 budgets"),
+        (("predict", "--target", "0.9", "--study", "nope"), "no study named 'nope'"),
+        (("plan", "--target", "0.05", "--study", "tiny"), "needs at least 3 budgets"),
+    ]:
+        refused = labelcurve(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().startswith("Error: ") and fragment in refused.stderr
+
     # Same command again: every run is found and skipped; nothing is recorded twice.
     again = labelcurve("run", "study=tiny", *TINY)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -113,6 +123,20 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert "reusing finished run" in more.stdout
     roles = runs_by_role(client, experiment_id)
     assert len(roles["finetune"]) == 18 and len(roles["pretrain"]) == 1
+
+    # With three budgets the study answers: forecast logged to the study run, plan and errors.
+    answer = labelcurve("predict", "--target", "0.5", "--study", "tiny")
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert "label multiplier" in answer.stdout and "labels needed" in answer.stdout
+    parent_run = client.get_run(parent.info.run_id)
+    assert {"ceiling/ssl-linear", "ceiling/scratch", "label_multiplier/ssl-linear"} <= set(parent_run.data.metrics)
+    assert {"prediction.png", "prediction.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    planned = labelcurve("plan", "--target", "0.5", "--study", "tiny", "--cost-per-label", "0.1")
+    assert planned.returncode == 0 and "label up to" in planned.stdout, planned.stderr[-3000:]
+    chance = labelcurve("predict", "--target", "0.1", "--study", "tiny")
+    assert chance.returncode == 2 and "at or below chance" in chance.stderr
+    no_cut = labelcurve("backtest", "--study", "tiny")
+    assert no_cut.returncode == 2 and "leaves 0 budgets to fit on" in no_cut.stderr
 
 
 def assert_ui_serves(cwd: Path, experiment_id: str, parent_id: str, n_runs: int) -> None:
