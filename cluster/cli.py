@@ -9,12 +9,23 @@ import click
 
 from cluster.config import ConfigError, load_config
 from cluster.ray_runtime import RayConnectError
-from cluster.tracking import TrackingError, tracking_uri
+from cluster.registry import RegistryError
+from cluster.tracking import TrackingError, check_tracking_server, tracking_uri
 from finetune.budgets import BudgetError
 from finetune.curves import CurveError
+from pretrain.checkpoint import BackboneError
 from pretrain.data import DataError
 
-USER_ERRORS = (ConfigError, DataError, BudgetError, TrackingError, RayConnectError, CurveError)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    BudgetError,
+    TrackingError,
+    RayConnectError,
+    CurveError,
+    BackboneError,
+    RegistryError,
+)
 
 
 class UserError(click.ClickException):
@@ -35,6 +46,8 @@ def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
 def main() -> None:
     """labelcurve: how many labels does a vision task need, and how many does
     self-supervised pretraining save?"""
+    # Backbones are two small files: a download progress bar is noise between our own lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -121,6 +134,90 @@ def plan(target: float, study: str, quantile: float, cost_per_label: float | Non
     from cluster.answers import plan as answer
 
     _answer(answer, study, target, quantile, cost_per_label)
+
+
+def _registry():
+    from cluster.registry import use_store
+
+    uri = tracking_uri()
+    try:
+        check_tracking_server(uri)
+    except TrackingError as error:
+        raise UserError(str(error)) from None
+    return use_store(uri)
+
+
+@main.command()
+def models() -> None:
+    """List registered backbones with their tags (newest version of each)."""
+    from rich.table import Table
+
+    from cluster.console import make_console
+    from cluster.registry import models as registered
+
+    rows = registered(_registry())
+    if not rows:
+        click.echo("no registered backbones yet: every `labelcurve run` that pretrains registers one")
+        return
+    columns = [
+        "name",
+        "latest",
+        "aliases",
+        "method",
+        "backbone",
+        "in_channels",
+        "image_size",
+        "dataset",
+        "epochs",
+        "knn_accuracy",
+        "study",
+    ]
+    table = Table(title="registered backbones (tags of the newest version)")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    make_console().print(table)
+
+
+@main.command()
+@click.argument("model")
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Folder to write to.")
+def pull(model: str, output: str) -> None:
+    """Write a registered backbone to a folder: MODEL is NAME, NAME@ALIAS or NAME/VERSION.
+
+    The folder gets model.safetensors (the weights) and card.json (architecture, input size,
+    channels, normalization, provenance); load it with pretrain.load_backbone(FOLDER).
+    """
+    from pathlib import Path
+
+    from cluster.registry import pull as pull_model
+
+    Path(output).mkdir(parents=True, exist_ok=True)
+    try:
+        folder, card = pull_model(_registry(), model, output)
+    except USER_ERRORS as error:
+        raise UserError(str(error)) from None
+    click.echo(f"pulled {model} ({card.method} {card.backbone}, {card.in_channels}x{card.image_size}px) to {folder}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("alias")
+def alias(model: str, alias: str) -> None:
+    """Point ALIAS (e.g. champion) at MODEL, given as NAME/VERSION or NAME@OTHER_ALIAS."""
+    from cluster.registry import resolve
+
+    client = _registry()
+    try:
+        concrete = resolve(client, model if model.startswith("models:/") else f"models:/{model}")
+    except USER_ERRORS as error:
+        raise UserError(str(error)) from None
+    if alias.lower() == "latest":
+        raise UserError("'latest' is reserved by MLflow and always names the newest version: choose another alias")
+    name, version = concrete.removeprefix("models:/").rsplit("/", 1)
+    client.set_registered_model_alias(name, alias, version)
+    click.echo(f"models:/{name}@{alias} -> version {version}")
 
 
 @main.command()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finetune.arms import ARMS
+from finetune.arms import ARMS, BY_NAME, DEFAULT_ARMS, TRANSFER
 from finetune.budgets import Budget
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
@@ -36,6 +36,7 @@ class DataConfig(_Section):
     name: Literal["digits", "folder"] = "digits"
     path: str | None = None
     unlabeled_path: str | None = None
+    classes: list[str] | None = Field(None, description="keep only these classes (e.g. digits ['0','1'])")
     image_size: int | None = Field(None, ge=4, le=1024)
     channels: Literal[1, 3] | None = None
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
@@ -77,6 +78,9 @@ class PretrainConfig(_Section):
     sync_batchnorm: bool = Field(True, description="across GPU workers (torch has no CPU SyncBatchNorm)")
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
     storage_path: str = "labelcurve-runs"
+    model_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="registry name; default METHOD-BACKBONE-DATASET"
+    )
 
     @property
     def effective_lr(self) -> float:
@@ -86,7 +90,7 @@ class PretrainConfig(_Section):
 class FinetuneConfig(_Section):
     """The grid of labeled runs: arms x per-class budgets x seeds, and their shared schedule."""
 
-    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     budgets: list[Budget] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, "all"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     steps: int = Field(150, ge=1)
@@ -94,6 +98,9 @@ class FinetuneConfig(_Section):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     linear_c: float = Field(1.0, gt=0, description="inverse L2 strength of the linear probe")
+    init: str | None = Field(
+        None, description="backbone of the transfer arms: models:/NAME@ALIAS, runs:/ID or a folder"
+    )
 
     @field_validator("arms")
     @classmethod
@@ -106,6 +113,17 @@ class FinetuneConfig(_Section):
         if not arms:
             raise ValueError("at least one arm is needed")
         return arms
+
+    @model_validator(mode="after")
+    def _transfer_needs_init(self) -> FinetuneConfig:
+        transfer = [a for a in self.arms if BY_NAME[a].start == TRANSFER]
+        if transfer and not self.init:
+            raise ValueError(f"arm '{transfer[0]}' needs finetune.init=models:/NAME@ALIAS (a pretrained backbone)")
+        if self.init and not transfer:
+            raise ValueError(
+                "finetune.init is set but no arm uses it: add transfer-linear or transfer-finetune to arms"
+            )
+        return self
 
     @field_validator("budgets")
     @classmethod

@@ -6,28 +6,38 @@ or any image is decoded; :func:`run_study` then spends the compute.
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from safetensors.torch import load_file, save
 
 from cluster.config import StudyConfig
 from cluster.console import make_console
 from cluster.ray_runtime import check_ray_address, connect
+from cluster.registry import default_model_name, register, resolve, use_store
 from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
-from finetune.arms import SSL_ARMS
+from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, results_frame, summary_table
-from finetune.sweep import RunResult, RunSpec, grid, prepare_inputs, run_sweep
+from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
+from pretrain.backbones import build_backbone, embed
+from pretrain.checkpoint import (
+    ARTIFACT_DIR,
+    BackboneCard,
+    BackboneError,
+    build_from_state,
+    fetch,
+    read_backbone,
+    save_backbone,
+)
 from pretrain.data import DataPlan, StudyData, load_data, plan_data
-from pretrain.train import BACKBONE_FILE, pretrain
-
-MODEL_CARD = "backbone.json"
+from pretrain.knn import knn_accuracy
+from pretrain.train import pretrain
+from pretrain.views import normalize
 
 
 @dataclass
@@ -42,39 +52,79 @@ class StudyOutcome:
     skipped: int
 
 
-def prepare(cfg: StudyConfig) -> tuple[str, DataPlan]:
-    """All bad-input checks, cheap: tracking store reachable, data present, budgets possible."""
+@dataclass
+class Prepared:
+    """The outcome of the cheap checks: where to track, what to load, what to transfer from."""
+
+    uri: str
+    plan: DataPlan
+    init: str | None = None  # finetune.init with an alias resolved to a concrete model version
+    transfer: tuple[dict, BackboneCard] | None = None
+
+
+def prepare(cfg: StudyConfig) -> Prepared:
+    """All bad-input checks, cheap: tracking store reachable, data present, budgets possible,
+    and a transfer backbone that exists and fits the data."""
     uri = tracking_uri()
     check_tracking_server(uri)
     check_ray_address(cfg.ray.address)
     plan = plan_data(cfg.data)
     check_budgets(cfg.finetune.budgets, plan.class_counts())
-    return uri, plan
+    prepared = Prepared(uri, plan)
+    if cfg.finetune.init:
+        client = use_store(uri)
+        init = resolve(client, cfg.finetune.init) if cfg.finetune.init.startswith("models:/") else cfg.finetune.init
+        state, card = read_backbone(fetch(init))
+        if card.in_channels != plan.channels:
+            raise BackboneError(
+                f"backbone {init} takes {card.in_channels}-channel images and the data has {plan.channels}: "
+                f"set data.channels={card.in_channels}"
+            )
+        if card.image_size != plan.image_size:
+            raise BackboneError(
+                f"backbone {init} was pretrained on {card.image_size} px images and the data is "
+                f"{plan.image_size} px: set data.image_size={card.image_size}"
+            )
+        prepared.init, prepared.transfer = init, (state, card)
+    return prepared
 
 
-def _model_card(cfg: StudyConfig, data: StudyData, run_id: str) -> dict:
-    """What a later user needs to reuse the backbone: architecture, input and normalization."""
-    return {
-        "method": cfg.pretrain.method,
-        "backbone": cfg.pretrain.backbone,
-        "in_channels": data.channels,
-        "image_size": data.image_size,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "epochs": cfg.pretrain.epochs,
-        "dataset": cfg.data.name if cfg.data.name == "digits" else cfg.data.path,
-        "study": cfg.study,
-        "run_id": run_id,
-    }
+def _dataset_name(cfg: StudyConfig) -> str:
+    return cfg.data.name if cfg.data.name == "digits" else Path(cfg.data.path).expanduser().resolve().name
+
+
+def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: str = "") -> BackboneCard:
+    """Architecture, input and normalization of the study's backbone; with weights, its kNN accuracy."""
+    card = BackboneCard(
+        backbone=cfg.pretrain.backbone,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        mean=list(data.mean),
+        std=list(data.std),
+        feature_dim=build_backbone(cfg.pretrain.backbone, data.channels).feature_dim,
+        method=cfg.pretrain.method,
+        dataset=_dataset_name(cfg),
+        epochs=cfg.pretrain.epochs,
+        study=cfg.study,
+        run_id=run_id,
+    )
+    if state is None:
+        return card
+    backbone = build_from_state(state, card)
+    pool = embed(backbone, normalize(data.pool.images, data.mean, data.std))
+    test = embed(backbone, normalize(data.test.images, data.mean, data.std))
+    knn = knn_accuracy(pool, data.pool.labels.numpy(), test, data.test.labels.numpy())
+    return replace(card, knn_accuracy=round(knn, 4))
 
 
 def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console: Console) -> dict:
-    """The backbone weights: from a FINISHED pretraining run of this study, else trained now."""
+    """The backbone weights: from a FINISHED pretraining run of this study, else trained now,
+    saved as safetensors with its card, and registered as a new model version."""
     previous = tracker.children(parent, PRETRAIN).get(PRETRAIN)
     if previous is not None and previous.info.status == FINISHED:
         console.print(f"pretraining: reusing finished run {previous.info.run_id}")
-        with tempfile.TemporaryDirectory() as folder:
-            return load_file(str(tracker.download(previous.info.run_id, BACKBONE_FILE, folder)))
+        state, _ = read_backbone(fetch(f"runs:/{previous.info.run_id}"))
+        return state
     params = {f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()}
     run_id = tracker.start_child(parent, PRETRAIN, PRETRAIN, f"pretrain-{cfg.pretrain.method}", params, previous)
     p = cfg.pretrain
@@ -93,14 +143,35 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
-    card = _model_card(cfg, data, run_id)
-    tracker.log_metrics(run_id, {"pretrain_seconds": result.seconds})
-    tracker.log_artifacts(
-        run_id, {BACKBONE_FILE: save(result.backbone_state), MODEL_CARD: json.dumps(card, indent=2).encode()}
-    )
+    card = _card(cfg, data, result.backbone_state, run_id)
+    tracker.log_metrics(run_id, {"pretrain_seconds": result.seconds, "knn_accuracy": card.knn_accuracy})
+    with tempfile.TemporaryDirectory() as folder:
+        tracker.client.log_artifacts(run_id, str(save_backbone(folder, result.backbone_state, card)), ARTIFACT_DIR)
+    model = p.model_name or default_model_name(p.method, p.backbone, _dataset_name(cfg))
+    version = register(tracker.client, model, run_id, card)
     tracker.finish(run_id)
-    console.print(f"pretraining: done in {result.seconds:.0f} s")
+    console.print(
+        f"pretraining: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f}; "
+        f"registered models:/{model}/{version} (models:/{model}@latest)"
+    )
     return result.backbone_state
+
+
+def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> dict:
+    """The starting points the pending runs need; pretrains (or reuses) only if an SSL arm is pending."""
+    arms = [BY_NAME[spec.arm] for spec in todo]
+    needed = {arm.start for arm in arms}
+    probed = {arm.start for arm in arms if arm.head == LINEAR}
+    starts = {}
+    if SSL in needed:
+        state = _pretrained_backbone(cfg, data, tracker, parent, console)
+        starts[SSL] = make_start(data, cfg.pretrain.backbone, state, data.mean, data.std, SSL in probed)
+    if SCRATCH_START in needed:
+        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, None, data.mean, data.std, False)
+    if TRANSFER in needed:
+        state, card = prepared.transfer
+        starts[TRANSFER] = make_start(data, card.backbone, state, card.mean, card.std, TRANSFER in probed)
+    return starts
 
 
 def _recorded(run) -> RunResult:
@@ -132,15 +203,18 @@ def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) ->
 def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     """Run (or resume) the study described by ``cfg``; returns the summary."""
     console = console or make_console()
-    uri, plan = prepare(cfg)
-    data = load_data(plan)
+    prepared = prepare(cfg)
+    if prepared.init:  # the fingerprint names the concrete version, not a moving alias
+        cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init": prepared.init})})
+    data = load_data(prepared.plan)
     if data.skipped:
         console.print(f"[yellow]skipped {data.skipped} unreadable images[/yellow]")
     console.print(
-        f"data: {plan.source}: {len(data.classes)} classes, labeled pool {len(data.pool)}, "
+        f"data: {prepared.plan.source}: {len(data.classes)} classes, labeled pool {len(data.pool)}, "
         f"test {len(data.test)}, pretraining pool {len(data.unlabeled)}"
     )
-    tracker = StudyTracker(uri, cfg.study)
+    use_store(prepared.uri)
+    tracker = StudyTracker(prepared.uri, cfg.study)
     parent, resumed = tracker.open_parent(cfg.fingerprint("data", "pretrain", "finetune"), cfg.model_dump(mode="json"))
     tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
     console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
@@ -152,14 +226,10 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
         skipped = len(specs) - len(todo)
         if skipped:
             console.print(f"sweep: {skipped} of {len(specs)} runs already recorded, skipping them")
-        state = None
-        needs_ssl = any(s.arm in SSL_ARMS for s in todo)
         if todo:
             connect(cfg.ray.address)
-        if needs_ssl:
-            state = _pretrained_backbone(cfg, data, tracker, parent, console)
-        if todo:
-            inputs = prepare_inputs(data, cfg.pretrain.backbone, state)
+            starts = _starts(cfg, data, todo, tracker, parent, prepared, console)
+            inputs = SweepInputs(data.pool.labels.numpy(), data.test.labels.numpy(), len(data.classes), starts)
             settings = cfg.finetune.model_dump()
             columns = [
                 TextColumn("sweep"),

@@ -1,8 +1,31 @@
-"""The arms of a study: which starting point and which head each labeled run uses."""
+"""The arms of a study: a starting point for the backbone and a head trained on the labels."""
 
-SSL_LINEAR = "ssl-linear"  # frozen pretrained backbone, linear probe on cached embeddings
-SSL_FINETUNE = "ssl-finetune"  # pretrained backbone, every layer trained
-SCRATCH = "scratch"  # same architecture and schedule, random init
+from __future__ import annotations
 
-ARMS = (SSL_LINEAR, SSL_FINETUNE, SCRATCH)
-SSL_ARMS = (SSL_LINEAR, SSL_FINETUNE)
+from dataclasses import dataclass
+
+SSL, SCRATCH_START, TRANSFER = "ssl", "scratch", "transfer"  # starting points
+LINEAR, FINETUNE = "linear", "finetune"  # heads
+
+
+@dataclass(frozen=True)
+class Arm:
+    """``start``: the study's own SSL backbone, random init, or a pulled backbone (``finetune.init``).
+    ``head``: a linear probe on frozen embeddings, or every layer trained with a linear head."""
+
+    name: str
+    start: str
+    head: str
+
+
+_ALL = [
+    Arm("ssl-linear", SSL, LINEAR),
+    Arm("ssl-finetune", SSL, FINETUNE),
+    Arm("scratch", SCRATCH_START, FINETUNE),
+    Arm("transfer-linear", TRANSFER, LINEAR),
+    Arm("transfer-finetune", TRANSFER, FINETUNE),
+]
+BY_NAME = {arm.name: arm for arm in _ALL}
+ARMS = tuple(BY_NAME)
+DEFAULT_ARMS = ("ssl-linear", "ssl-finetune", "scratch")
+SSL_LINEAR, SSL_FINETUNE, SCRATCH = DEFAULT_ARMS

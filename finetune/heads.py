@@ -68,12 +68,5 @@ def fine_tune(
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Features of normalized ``images`` from a backbone in eval mode."""
-    backbone.eval()
-    return torch.cat([backbone(chunk) for chunk in images.split(batch_size)]).numpy()
-
-
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     return torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)]).numpy()

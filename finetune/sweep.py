@@ -1,8 +1,4 @@
-"""The study grid: (arm, budget, seed) runs, each a Ray task, yielded as they finish.
-
-Frozen-feature embeddings are computed once per checkpoint by :func:`prepare_inputs` and shared
-by every ``ssl-linear`` run through the object store.
-"""
+"""The study grid: (arm, budget, seed) runs, each a Ray task, yielded as they finish."""
 
 from __future__ import annotations
 
@@ -16,12 +12,12 @@ import ray
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from finetune.arms import SCRATCH, SSL_FINETUNE, SSL_LINEAR
+from finetune.arms import BY_NAME, LINEAR
 from finetune.budgets import Budget, subset_indices
-from finetune.heads import embed, fine_tune, linear_probe, predict
-from pretrain.backbones import build_backbone
+from finetune.heads import fine_tune, linear_probe, predict
+from pretrain.backbones import build_backbone, embed
 from pretrain.data import StudyData
-from pretrain.views import normalize
+from pretrain.views import EvalTransform
 
 
 @dataclass(frozen=True)
@@ -47,18 +43,28 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class SweepInputs:
-    """Everything a run needs, normalized once on the driver."""
+class Start:
+    """One starting point: its backbone, weights (None = random init) and its view of the data.
 
+    Each start normalizes with the statistics its backbone was pretrained with; frozen-feature
+    embeddings are computed once here and shared by every linear-probe run through Ray.
+    """
+
+    backbone: str
+    in_channels: int
+    state: dict[str, torch.Tensor] | None
     pool_x: torch.Tensor
-    pool_y: np.ndarray
     test_x: torch.Tensor
+    pool_features: np.ndarray | None = None
+    test_features: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    pool_y: np.ndarray
     test_y: np.ndarray
     n_classes: int
-    backbone: str
-    backbone_state: dict[str, torch.Tensor] | None
-    pool_features: np.ndarray | None
-    test_features: np.ndarray | None
+    starts: dict[str, Start]
 
 
 def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSpec]:
@@ -66,46 +72,37 @@ def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSp
     return [RunSpec(a, b, s) for b, s, a in itertools.product(budgets, seeds, arms)]
 
 
-def prepare_inputs(data: StudyData, backbone: str, backbone_state: dict | None) -> SweepInputs:
-    pool_x = normalize(data.pool.images, data.mean, data.std)
-    test_x = normalize(data.test.images, data.mean, data.std)
+def make_start(data: StudyData, backbone: str, state: dict | None, mean, std, linear: bool) -> Start:
+    """A start over the study's images, normalized with the statistics the backbone was trained with."""
+    view = EvalTransform(data.image_size, data.channels, mean, std)
+    pool_x, test_x = view(data.pool.images), view(data.test.images)
     pool_f = test_f = None
-    if backbone_state is not None:
-        frozen = build_backbone(backbone, data.channels)
-        frozen.load_state_dict(backbone_state)
+    if linear and state is not None:
+        frozen = build_backbone(backbone, pool_x.shape[1])
+        frozen.load_state_dict(state)
         pool_f, test_f = embed(frozen, pool_x), embed(frozen, test_x)
-    return SweepInputs(
-        pool_x,
-        data.pool.labels.numpy(),
-        test_x,
-        data.test.labels.numpy(),
-        len(data.classes),
-        backbone,
-        backbone_state,
-        pool_f,
-        test_f,
-    )
+    return Start(backbone, pool_x.shape[1], state, pool_x, test_x, pool_f, test_f)
 
 
 def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
     """Train and evaluate one (arm, budget, seed) on the fixed test split."""
+    arm = BY_NAME[spec.arm]
+    start = inputs.starts[arm.start]
     index = subset_indices(inputs.pool_y, spec.budget, spec.seed)
     started = time.perf_counter()
-    if spec.arm == SSL_LINEAR:
+    if arm.head == LINEAR:
         predictions = linear_probe(
-            inputs.pool_features[index], inputs.pool_y[index], inputs.test_features, settings["linear_c"]
+            start.pool_features[index], inputs.pool_y[index], start.test_features, settings["linear_c"]
         )
     else:
         torch.manual_seed(spec.seed)
-        backbone = build_backbone(inputs.backbone, inputs.pool_x.shape[1])
-        if spec.arm == SSL_FINETUNE:
-            backbone.load_state_dict(inputs.backbone_state)
-        elif spec.arm != SCRATCH:
-            raise ValueError(f"unknown arm {spec.arm}")
+        backbone = build_backbone(start.backbone, start.in_channels)
+        if start.state is not None:
+            backbone.load_state_dict(start.state)
         model = fine_tune(
             backbone,
             inputs.n_classes,
-            inputs.pool_x[index],
+            start.pool_x[index],
             torch.as_tensor(inputs.pool_y[index]),
             steps=settings["steps"],
             batch_size=settings["batch_size"],
@@ -113,7 +110,7 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
             weight_decay=settings["weight_decay"],
             seed=spec.seed,
         )
-        predictions = predict(model, inputs.test_x)
+        predictions = predict(model, start.test_x)
     seconds = time.perf_counter() - started
     return RunResult(
         spec,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from torch import nn
 
 
@@ -41,3 +43,10 @@ BACKBONES = {"small_cnn": SmallCNN}
 def build_backbone(name: str, in_channels: int) -> nn.Module:
     """The backbone called ``name``; every backbone exposes ``feature_dim``."""
     return BACKBONES[name](in_channels=in_channels)
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Features of normalized ``images`` from a backbone in eval mode."""
+    backbone.eval()
+    return torch.cat([backbone(chunk) for chunk in images.split(batch_size)]).numpy()

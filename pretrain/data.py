@@ -158,6 +158,23 @@ def _per_class_cap(items: list, labels: np.ndarray, cap: int | None, seed: int) 
     return [items[i] for i in keep], labels[keep]
 
 
+def _keep_classes(wanted, classes, items, labels, test_items, test_labels):
+    """Only the ``wanted`` classes, relabeled 0..k-1 in the order given."""
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise DataError(f"data.classes {unknown} not in the data: its classes are {', '.join(classes)}")
+    old = [classes.index(c) for c in wanted]
+    relabel = {o: i for i, o in enumerate(old)}
+
+    def keep(xs, ys):
+        kept = [i for i, y in enumerate(ys) if int(y) in relabel]
+        return [xs[i] for i in kept], np.array([relabel[int(ys[i])] for i in kept], dtype=np.int64)
+
+    items, labels = keep(items, labels)
+    test_items, test_labels = keep(test_items, test_labels)
+    return tuple(wanted), items, labels, test_items, test_labels
+
+
 def plan_data(cfg) -> DataPlan:
     """List items and draw the fixed stratified test split; no image is decoded here.
 
@@ -177,6 +194,10 @@ def plan_data(cfg) -> DataPlan:
         classes, items, labels, test_items, test_labels = _scan_folder(cfg.path)
         size, channels = cfg.image_size or 32, cfg.channels or 3
         reader, source = _FileReader(channels), str(Path(cfg.path).expanduser().resolve())
+    if cfg.classes:
+        classes, items, labels, test_items, test_labels = _keep_classes(
+            cfg.classes, classes, list(items), np.asarray(labels), list(test_items), np.asarray(test_labels)
+        )
     if not test_items:
         if np.bincount(labels).min() < 2:
             raise DataError("a class has fewer than 2 images: a stratified test split needs at least 2")

@@ -77,9 +77,12 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     # Pretraining: one loss per epoch, the backbone as safetensors, and it is not the random init.
     losses = client.get_metric_history(pre.info.run_id, "train/loss")
     assert [m.step for m in losses] == [1, 2]
-    artifacts = {a.path for a in client.list_artifacts(pre.info.run_id)}
-    assert {"backbone.safetensors", "backbone.json"} <= artifacts
-    state = load_file(client.download_artifacts(pre.info.run_id, "backbone.safetensors", str(tmp_path)))
+    artifacts = {a.path for a in client.list_artifacts(pre.info.run_id, "backbone")}
+    assert {"backbone/model.safetensors", "backbone/card.json"} <= artifacts
+    assert 0.1 < pre.data.metrics["knn_accuracy"] <= 1.0
+    state = load_file(client.download_artifacts(pre.info.run_id, "backbone/model.safetensors", str(tmp_path)))
+    (version,) = client.search_model_versions("name='simclr-small_cnn-digits'")
+    assert version.run_id == pre.info.run_id and version.tags["in_channels"] == "1"
     backbone = build_backbone("small_cnn", 1)
     backbone.load_state_dict(state)
     torch.manual_seed(0)
@@ -95,6 +98,13 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert Image.open(io.BytesIO(png)).size[0] > 400
 
     assert_ui_serves(tmp_path, experiment_id, parent.info.run_id, n_runs=14)
+
+    # The README's Python example runs as written in the study's directory.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("<!-- example: load_backbone -->\n```python\n")[1].split("```")[0]
+    ran = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == "torch.Size([8, 128])"
 
     # Two budgets are too few for a curve; unknown studies and impossible targets are named.
     for args, fragment in [
