@@ -8,7 +8,7 @@ import sys
 import click
 
 from cluster.config import ConfigError, load_config
-from cluster.ray_runtime import RayConnectError
+from cluster.ray_runtime import RayConnectError, use_token_if_available
 from cluster.registry import RegistryError
 from cluster.tracking import TrackingError, check_tracking_server, tracking_uri
 from finetune.budgets import BudgetError
@@ -64,11 +64,137 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(path, overrides)
+        if cfg.ray.address:
+            use_token_if_available()  # before Ray is first imported
         from cluster.study import run_study  # heavy imports only once the input is known to be good
 
         run_study(cfg)
     except USER_ERRORS as error:
         raise UserError(str(error)) from None
+
+
+JOBS_ADDRESS = click.option(
+    "--address",
+    envvar="RAY_API_SERVER_ADDRESS",
+    required=True,
+    help="Ray Jobs API of the cluster, e.g. http://127.0.0.1:8265 (env: RAY_API_SERVER_ADDRESS).",
+)
+
+
+def _jobs(address: str):
+    from cluster.jobs import client
+
+    try:
+        return client(address)
+    except USER_ERRORS as error:
+        raise UserError(str(error)) from None
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@JOBS_ADDRESS
+def submit(args: tuple[str, ...], address: str) -> None:
+    """Submit a study to a Ray cluster as a job (config and MLFLOW_TRACKING_URI travel with it)."""
+    from cluster.jobs import submit as submit_job
+
+    path, overrides = _split_args(args)
+    try:
+        cfg = load_config(path, overrides)
+        uri = tracking_uri()
+        check_tracking_server(uri)
+        job_id = submit_job(address, cfg, uri)
+    except USER_ERRORS as error:
+        raise UserError(str(error)) from None
+    if not uri.startswith(("http://", "https://")):
+        click.echo(
+            f"note: runs go to {uri}, which only a cluster on this machine can reach; "
+            "for a real cluster start `labelcurve server` and set MLFLOW_TRACKING_URI"
+        )
+    click.echo(f"submitted job {job_id} (study '{cfg.study}', tracking {uri})")
+    click.echo(f"  follow: labelcurve logs {job_id} --follow --address {address}")
+    click.echo(f"  status: labelcurve status {job_id} --address {address}")
+    click.echo(f"  stop:   labelcurve stop {job_id} --address {address}")
+
+
+@main.command()
+@JOBS_ADDRESS
+def jobs(address: str) -> None:
+    """List the jobs of a Ray cluster, newest last."""
+    rows = sorted(_jobs(address).list_jobs(), key=lambda job: job.start_time or 0)
+    for job in rows:
+        study = (job.metadata or {}).get("labelcurve.study", "-")
+        click.echo(f"{job.submission_id}  {job.status.value:<9}  study={study}  {job.entrypoint}")
+
+
+@main.command()
+@click.argument("job_id")
+@JOBS_ADDRESS
+def status(job_id: str, address: str) -> None:
+    """The status of one job; exits non-zero if it failed or was stopped."""
+    info = _jobs(address).get_job_info(job_id)
+    click.echo(f"{job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    if info.status.value in ("FAILED", "STOPPED"):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id")
+@JOBS_ADDRESS
+@click.option("--follow", "-f", is_flag=True, help="Stream the logs until the job ends.")
+def logs(job_id: str, address: str, follow: bool) -> None:
+    """The logs of one job; with --follow, stream them and exit with the job's outcome."""
+    import asyncio
+
+    client = _jobs(address)
+    if not follow:
+        click.echo(client.get_job_logs(job_id), nl=False)
+        return
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            click.echo(lines, nl=False)
+
+    asyncio.run(stream())
+    if client.get_job_status(job_id).value != "SUCCEEDED":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id")
+@JOBS_ADDRESS
+def stop(job_id: str, address: str) -> None:
+    """Stop a running job (finished runs stay recorded; running it again resumes)."""
+    stopped = _jobs(address).stop_job(job_id)
+    click.echo(f"{job_id}: {'stop requested' if stopped else 'not running'}")
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep loopback unless you mean it."
+)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--backend-store-uri", default="sqlite:///mlflow-server.db", show_default=True, help="SQL store of runs.")
+@click.option("--artifacts-destination", default="./mlartifacts", show_default=True, help="Where artifacts are kept.")
+def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> None:
+    """A shared MLflow tracking server: SQL backend, proxied artifacts, loopback by default."""
+    click.echo(f"MLflow tracking server on http://{host}:{port}; point studies at it with")
+    click.echo(f"  export MLFLOW_TRACKING_URI=http://{host}:{port}")
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    os.execve(sys.executable, command, env)
 
 
 def _answer(function, *args) -> None:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
-
-import ray
+from pathlib import Path
 
 # Workers start fresh interpreters: keep library deprecation chatter out of the user's console.
 _QUIET_WORKERS = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
 
 
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, printed by `ray get-auth-token` on its head"
+)
+
+
 class RayConnectError(RuntimeError):
     """Ray cannot be reached, phrased as one line for the user."""
+
+
+def use_token_if_available() -> None:
+    """Ray 2.60 clusters require a token by default, and Ray reads ``RAY_AUTH_MODE`` when it is
+    first imported: call this before ``import ray`` to send the token where one is available."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if token or Path("~/.ray/auth_token").expanduser().is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -33,11 +46,18 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 def connect(address: str | None) -> None:
     """``ray.init()`` in-process when ``address`` is None, else join the cluster at ``address``."""
+    check_ray_address(address)
+    if address:
+        use_token_if_available()
+    import ray
+    from ray.exceptions import AuthenticationError
+
     if ray.is_initialized():
         return
-    check_ray_address(address)
     try:
         ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS)
+    except AuthenticationError:
+        raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayConnectError(
             f"cannot connect to Ray at {address}: {str(error).splitlines()[0]} "

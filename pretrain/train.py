@@ -85,11 +85,26 @@ def _report_checkpoint(trainer: pl.Trainer, module, metrics: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _record_placement(rank: int, tracking: dict | None) -> None:
+    """Rank 0 tags the pretraining run with the Ray nodes its worker group spans."""
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if torch.distributed.is_initialized():
+        nodes = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    if rank == 0 and tracking:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking["uri"])
+        client.set_tag(tracking["run_id"], "labelcurve.worker_nodes", ",".join(sorted(set(nodes))))
+        client.log_metric(tracking["run_id"], "num_nodes", len(set(nodes)))
+
+
 def _train_worker(config: dict) -> None:
     log.setLevel(logging.INFO)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
     p = SimpleNamespace(**config["pretrain"])
     rank = ray.train.get_context().get_world_rank()
+    _record_placement(rank, config.get("tracking"))
     pl.seed_everything(config["seed"] + rank, verbose=False)
     images = ray.get(config["images"])
     transform = simclr_transform(p, images.shape[-1], config["mean"], config["std"])

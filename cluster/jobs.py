@@ -1,0 +1,91 @@
+"""Studies as Ray jobs: submit to a cluster's Jobs API, list, follow, stop.
+
+The submitted job runs ``labelcurve run`` on the cluster (Ray connects to it from inside the job)
+with the config shipped in the job's working directory and ``MLFLOW_TRACKING_URI`` passed as an
+environment variable, so the runs land in the same tracking server the user browses.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from cluster.config import ConfigError, StudyConfig
+from cluster.ray_runtime import TOKEN_HELP, RayConnectError, use_token_if_available
+
+
+def client(address: str):
+    """A Jobs API client for ``address`` (``http://HOST:8265``), failing fast and in one line."""
+    use_token_if_available()
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    address = address if "://" in address else f"http://{address}"
+    try:
+        urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=5).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: an auth failure is reported below, with how to fix it
+    except (urllib.error.URLError, OSError) as error:
+        raise RayConnectError(
+            f"Ray Jobs API at {address} is not reachable ({getattr(error, 'reason', error)}): start the head with "
+            "`ray start --head --dashboard-host 127.0.0.1` (needs ray[default]) or fix --address"
+        ) from None
+    if (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or Path("~/.ray/auth_token").expanduser().is_file()
+    ):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        jobs = JobSubmissionClient(address)
+        jobs.list_jobs()
+    except AuthenticationError:
+        raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None
+    return jobs
+
+
+def check_paths(cfg: StudyConfig) -> None:
+    """Paths in a job are read on the cluster: relative ones would point into the job's temporary
+    working directory (checkpoints lost, data not found), so they are refused before submitting."""
+    storage = cfg.pretrain.storage_path
+    if "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError(
+            f"pretrain.storage_path '{storage}' is relative: a job needs a path every node can reach, "
+            "e.g. pretrain.storage_path=/shared/labelcurve-runs or s3://bucket/labelcurve"
+        )
+    for key in ("path", "unlabeled_path"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"data.{key} '{value}' is relative: give the absolute path on the cluster's nodes")
+
+
+def submit(address: str, cfg: StudyConfig, tracking_uri: str) -> str:
+    """Ship the validated study config and start it as a job; returns the job id."""
+    check_paths(cfg)
+    jobs = client(address)
+    folder = Path(tempfile.mkdtemp(prefix="labelcurve-job-"))
+    try:
+        (folder / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+        provenance = {"submitted": time.time(), "by": getpass.getuser(), "host": socket.gethostname()}
+        (folder / "submitted.json").write_text(json.dumps(provenance))  # also makes each package unique
+        env = {"MLFLOW_TRACKING_URI": tracking_uri}  # ray.init inside the job adds the rest
+        for name in ("RAY_AUTH_MODE", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            if os.environ.get(name):
+                env[name] = os.environ[name]
+        return jobs.submit_job(
+            entrypoint="labelcurve run study.yaml",
+            runtime_env={"working_dir": str(folder), "env_vars": env},
+            metadata={"labelcurve.study": cfg.study},
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,214 @@
+"""A real two-node Ray cluster on loopback and an MLflow server, started and stopped by the tests.
+
+Studies go in through the Jobs API with token authentication (on by default in Ray 2.60);
+pretraining must spread over both nodes, runs and artifacts must land in the server's store,
+and a training worker killed mid-run must cost a restart from the last checkpoint, not the study.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TINY = [
+    "pretrain.epochs=2",
+    "pretrain.batch_size=64",
+    "finetune.budgets=[1, 2]",
+    "finetune.seeds=[0]",
+    "finetune.steps=10",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (e.g. 401 without a token): it is up
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (1 CPU, dashboard + Jobs API) + worker node (1 CPU) + MLflow server, all on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ray = str(BIN / "ray")
+    gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    server = None
+    try:
+        subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        head = [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--num-cpus",
+            "1",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--disable-usage-stats",
+        ]
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+        worker = [ray, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        server = subprocess.Popen(
+            [
+                str(BIN / "labelcurve"),
+                "server",
+                "--port",
+                str(mlflow_port),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'server.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
+        wait_for(f"{tracking}/health")
+        wait_for(f"{address}/api/version")
+        yield {"address": address, "tracking": tracking, "root": root, "env": {**env, "MLFLOW_TRACKING_URI": tracking}}
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def cli(cluster, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    environment = {**cluster["env"], **(env or {})}
+    return subprocess.run(
+        [str(BIN / "labelcurve"), *args],
+        cwd=cluster["root"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def submit(cluster, study: str, *overrides: str) -> str:
+    storage = f"pretrain.storage_path={cluster['root'] / 'ray-storage'}"
+    done = cli(cluster, "submit", f"study={study}", storage, *overrides, "--address", cluster["address"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "labelcurve logs" in done.stdout and "--follow" in done.stdout
+    return done.stdout.split("submitted job ")[1].split()[0]
+
+
+def runs(cluster, study: str) -> dict[str, list]:
+    client = MlflowClient(cluster["tracking"])
+    experiment = client.get_experiment_by_name(study)
+    roles: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        roles.setdefault(run.data.tags.get("labelcurve.role"), []).append(run)
+    return roles
+
+
+def test_submitted_study_spreads_over_both_nodes_and_lands_in_the_server(cluster):
+    job = submit(cluster, "jobs", *TINY)
+    followed = cli(cluster, "logs", job, "--follow", "--address", cluster["address"])
+    assert followed.returncode == 0, followed.stdout[-3000:]
+    assert "pretrain epoch 2/2" in followed.stdout and "labels/class" in followed.stdout
+    status = cli(cluster, "status", job, "--address", cluster["address"])
+    assert status.returncode == 0 and f"{job}: SUCCEEDED" in status.stdout
+    listing = cli(cluster, "jobs", "--address", cluster["address"])
+    assert job in listing.stdout and "study=jobs" in listing.stdout
+
+    roles = runs(cluster, "jobs")
+    (pre,) = roles["pretrain"]
+    assert pre.info.status == "FINISHED"
+    assert pre.data.metrics["num_nodes"] == 2
+    assert len(pre.data.tags["labelcurve.worker_nodes"].split(",")) == 2
+    assert len(roles["finetune"]) == 3 * 2 and roles["study"][0].info.status == "FINISHED"
+    # Artifacts went through the server into its artifact store, none into a worker's temp dir.
+    assert pre.info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = {p.name for p in (cluster["root"] / "artifacts").rglob("*") if p.is_file()}
+    assert {"model.safetensors", "card.json", "curve.png", "results.csv"} <= stored
+
+
+def test_killed_training_worker_costs_a_restart_not_the_study(cluster):
+    job = submit(
+        cluster,
+        "killed",
+        "pretrain.epochs=8",
+        "pretrain.checkpoint_every=1",
+        "pretrain.batch_size=64",
+        "finetune.arms=[ssl-linear]",
+        "finetune.budgets=[1]",
+        "finetune.seeds=[0]",
+    )
+    client = MlflowClient(cluster["tracking"])
+    deadline, killed = time.monotonic() + 300, None
+    while time.monotonic() < deadline and killed is None:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("killed")
+        pre = (
+            [
+                r
+                for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get("labelcurve.role") == "pretrain"
+            ]
+            if experiment
+            else []
+        )
+        if pre and len(client.get_metric_history(pre[0].info.run_id, "train/loss")) >= 2:
+            workers = subprocess.run(
+                ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
+            ).stdout.split()
+            assert len(workers) == 2, workers
+            killed = int(workers[-1])
+            os.kill(killed, signal.SIGKILL)
+    assert killed is not None, "pretraining never reached epoch 2"
+    followed = cli(cluster, "logs", job, "--follow", "--address", cluster["address"])
+    assert followed.returncode == 0, followed.stdout[-3000:]
+    assert "RETRY" in followed.stdout  # Ray Train's failure policy restarted the worker group
+    (pre,) = runs(cluster, "killed")["pretrain"]  # exactly one pretraining run, finished
+    assert pre.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(pre.info.run_id, "train/loss")]
+    assert max(steps) == 8 and len(steps) >= 8
+
+
+def test_bad_cluster_addresses_and_tokens_fail_fast(cluster, tmp_path):
+    started = time.monotonic()
+    unreachable = cli(cluster, "submit", f"pretrain.storage_path={tmp_path}", "--address", "http://127.0.0.1:9")
+    assert time.monotonic() - started < 20
+    assert unreachable.returncode == 2 and "Ray Jobs API at http://127.0.0.1:9 is not reachable" in unreachable.stderr
+    wrong = cli(cluster, "jobs", "--address", cluster["address"], env={"RAY_AUTH_TOKEN": "wrong"})
+    assert wrong.returncode == 2
+    assert "refused the token" in wrong.stderr and "ray get-auth-token" in wrong.stderr
+    relative = cli(cluster, "submit", "pretrain.storage_path=runs", "--address", cluster["address"])
+    assert relative.returncode == 2 and "is relative: a job needs a path every node can reach" in relative.stderr
