@@ -48,6 +48,7 @@ def main() -> None:
     self-supervised pretraining save?"""
     # Backbones are two small files: a download progress bar is noise between our own lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # we print run ids and the UI link
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
