@@ -76,6 +76,10 @@ class PretrainConfig(_Section):
     resources_per_worker: dict[str, float] | None = None
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
     sync_batchnorm: bool = Field(True, description="across GPU workers (torch has no CPU SyncBatchNorm)")
+    gather_distributed: bool = Field(True, description="contrast against the negatives of every worker")
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = Field(
+        "auto", description="auto: 16-bit mixed precision on GPU, 32-bit on CPU"
+    )
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
     storage_path: str = "labelcurve-runs"
     model_name: str | None = Field(

@@ -116,6 +116,7 @@ def _train_worker(config: dict) -> None:
         build_backbone(p.backbone, images.shape[1]),
         temperature=p.temperature,
         projection_dim=p.projection_dim,
+        gather_distributed=p.gather_distributed,
         lr=config["lr"],
         weight_decay=p.weight_decay,
         optimizer=p.optimizer,
@@ -130,7 +131,7 @@ def _train_worker(config: dict) -> None:
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
         callbacks=[_EpochReport(p.checkpoint_every, config.get("tracking"), len(images))],
-        precision="16-mixed" if p.use_gpu else "32-true",
+        precision=("16-mixed" if p.use_gpu else "32-true") if p.precision == "auto" else p.precision,
         sync_batchnorm=p.sync_batchnorm and p.use_gpu and world > 1,  # torch: GPU only
         logger=False,
         enable_checkpointing=False,

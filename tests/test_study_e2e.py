@@ -110,7 +110,6 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     for args, fragment in [
         (("predict", "--target", "0.9", "--study", "tiny"), "arm 'ssl-linear': a curve needs at least 3 budgets"),
         (("predict", "--target", "0.9", "--study", "nope"), "no study named 'nope'"),
-        (("plan", "--target", "0.05", "--study", "tiny"), "needs at least 3 budgets"),
     ]:
         refused = labelcurve(*args)
         assert refused.returncode == 2, refused.stderr
