@@ -164,7 +164,7 @@ def test_killed_training_worker_costs_a_restart_not_the_study(cluster):
     job = submit(
         cluster,
         "killed",
-        "pretrain.epochs=8",
+        "pretrain.epochs=6",
         "pretrain.checkpoint_every=1",
         "pretrain.batch_size=64",
         "finetune.arms=[ssl-linear]",
