@@ -54,6 +54,25 @@ def client(address: str):
     return jobs
 
 
+def _submit_when_ready(jobs, timeout: float = 60, **job) -> str:
+    """A freshly started head answers before its job agent is up ("No available agent to submit
+    job, please try again later"): retry that, and only that, for up to ``timeout`` seconds."""
+    deadline, wait = time.monotonic() + timeout, 1.0
+    while True:
+        try:
+            return jobs.submit_job(**job)
+        except RuntimeError as error:
+            if "No available agent" not in str(error):
+                raise
+            if time.monotonic() > deadline:
+                raise RayConnectError(
+                    f"the cluster's job agent did not come up within {timeout:.0f} s: "
+                    "check `ray status` on the head and try again"
+                ) from None
+            time.sleep(wait)
+            wait = min(wait * 2, 8)
+
+
 def check_paths(cfg: StudyConfig) -> None:
     """Paths in a job are read on the cluster: relative ones would point into the job's temporary
     working directory (checkpoints lost, data not found), so they are refused before submitting."""
@@ -82,7 +101,8 @@ def submit(address: str, cfg: StudyConfig, tracking_uri: str) -> str:
         for name in ("RAY_AUTH_MODE", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             if os.environ.get(name):
                 env[name] = os.environ[name]
-        return jobs.submit_job(
+        return _submit_when_ready(
+            jobs,
             entrypoint="labelcurve run study.yaml",
             runtime_env={"working_dir": str(folder), "env_vars": env},
             metadata={"labelcurve.study": cfg.study},
