@@ -180,11 +180,7 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
     """A shared MLflow tracking server: SQL backend, proxied artifacts, loopback by default."""
     click.echo(f"MLflow tracking server on http://{host}:{port}; point studies at it with")
     click.echo(f"  export MLFLOW_TRACKING_URI=http://{host}:{port}")
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
+    _exec_mlflow(
         "server",
         "--backend-store-uri",
         backend_store_uri,
@@ -194,8 +190,7 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
         host,
         "--port",
         str(port),
-    ]
-    os.execve(sys.executable, command, env)
+    )
 
 
 def _answer(function, *args) -> None:
@@ -359,7 +354,11 @@ def ui(host: str, port: int) -> None:
         click.echo(f"The tracking server already serves the UI: open {uri}")
         return
     click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
+    _exec_mlflow("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+
+
+def _exec_mlflow(*args: str) -> None:
+    """Become the MLflow server, so that signals (Ctrl+C, SIGTERM) reach it directly."""
     # MLflow's server-side job runner (GenAI jobs) starts a dozen worker processes labelcurve never uses.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    os.execve(sys.executable, command, env)  # signals (Ctrl+C, SIGTERM) reach the server itself
+    os.execve(sys.executable, [sys.executable, "-m", "mlflow", *args], env)

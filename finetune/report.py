@@ -60,6 +60,21 @@ def _ordered_arms(frame: pd.DataFrame, arms: list[str]) -> list[str]:
     return [a for a in arms if a in present] + sorted(present - set(arms))
 
 
+def _accuracy_png(figure, axis, title: str, legend: str) -> bytes:
+    """The axes every labelcurve plot shares (accuracy vs labels per class, log x), as PNG bytes."""
+    axis.set_xscale("log")
+    axis.set_xlabel("labels per class")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc=legend)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:
     """Accuracy vs labels per class (log x): mean over seeds per arm, band = min..max."""
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -68,17 +83,7 @@ def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:
         stats = part.groupby("labels_per_class")["accuracy"].agg(["mean", "min", "max"])
         axis.plot(stats.index, stats["mean"], marker="o", label=arm)
         axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-    axis.set_xscale("log")
-    axis.set_xlabel("labels per class")
-    axis.set_ylabel("test accuracy")
-    axis.set_title(title)
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return _accuracy_png(figure, axis, title, legend="best")
 
 
 def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:
@@ -108,14 +113,4 @@ def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title:
                 )
     if target is not None:
         axis.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
-    axis.set_xscale("log")
-    axis.set_xlabel("labels per class")
-    axis.set_ylabel("test accuracy")
-    axis.set_title(title)
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(loc="lower right")
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return _accuracy_png(figure, axis, title, legend="lower right")
