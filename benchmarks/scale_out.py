@@ -47,11 +47,13 @@ def study(folder: Path, name: str, epochs: int, workers: int, kill_after: int | 
     ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     started = time.perf_counter()
-    process = subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = folder / f"{name}.log"
+    process = subprocess.Popen(args, cwd=folder, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     killed = False
     while process.poll() is None:
         time.sleep(0.5)
-        if kill_after and not killed and (folder / "mlflow.db").exists():
+        # Read the store only once the study created it: concurrent creation races MLflow's migrations.
+        if kill_after and not killed and "MLflow: experiment" in log.read_text():
             try:
                 client, run = pretrain_run(folder / "mlflow.db", name)
                 epochs_done = len(client.get_metric_history(run.info.run_id, "train/loss")) if run else 0

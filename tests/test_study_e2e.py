@@ -185,20 +185,23 @@ def assert_ui_serves(cwd: Path, experiment_id: str, parent_id: str, n_runs: int)
 def test_driver_killed_mid_sweep_resumes_and_duplicates_nothing(tmp_path):
     args = ["study=tiny", *TINY[:-3], "finetune.budgets=[1, 2, 5, 10]", "finetune.seeds=[0, 1]", "finetune.steps=60"]
     command = [str(Path(sys.executable).parent / "labelcurve"), "run", *args]
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         finished = 0
         while time.monotonic() < deadline and finished < 4:
             time.sleep(1)
-            if (tmp_path / "mlflow.db").exists() and driver.poll() is None:
+            # Read the store only once the driver created it: concurrent creation races MLflow's migrations.
+            if "MLflow: experiment" in log.read_text() and driver.poll() is None:
                 try:
                     client, experiment_id = store(tmp_path)
                     runs = runs_by_role(client, experiment_id).get("finetune", [])
                     finished = sum(r.info.status == "FINISHED" for r in runs)
                 except Exception:  # the store is still being created
                     finished = 0
-        assert driver.poll() is None, "the study ended before it could be interrupted"
+        assert driver.poll() is None, f"the study ended before it could be interrupted: {log.read_text()[-2000:]}"
         assert finished >= 4
     finally:
         driver.send_signal(signal.SIGKILL)
