@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finetune.arms import ARMS, BY_NAME, DEFAULT_ARMS, TRANSFER
 from finetune.budgets import Budget
+from pretrain.backbones import BACKBONES
+from pretrain.data import TORCHVISION_DATASETS
+from pretrain.methods import METHODS, options_schema
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -33,8 +36,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where images come from and how the fixed test split is drawn."""
 
-    name: Literal["digits", "folder"] = "digits"
-    path: str | None = None
+    name: Literal["digits", "folder", "cifar10", "cifar100", "stl10"] = "digits"
+    path: str | None = Field(None, description="an ImageFolder root, or the root of a torchvision dataset")
+    download: bool = Field(False, description="torchvision datasets: download into data.path when missing")
     unlabeled_path: str | None = None
     classes: list[str] | None = Field(None, description="keep only these classes (e.g. digits ['0','1'])")
     image_size: int | None = Field(None, ge=4, le=1024)
@@ -49,6 +53,8 @@ class DataConfig(_Section):
     def _path_matches_name(self) -> DataConfig:
         if self.name == "folder" and not self.path:
             raise ValueError("data.name=folder needs data.path=DIR (an ImageFolder root)")
+        if self.name in TORCHVISION_DATASETS and not self.path:
+            raise ValueError(f"data.name={self.name} needs data.path=DIR (where the dataset files are or go)")
         if self.name == "digits" and self.path:
             raise ValueError("data.path is set but data.name=digits: add data.name=folder")
         return self
@@ -57,16 +63,17 @@ class DataConfig(_Section):
 class PretrainConfig(_Section):
     """Self-supervised pretraining; ``lr`` is for a global batch of 256 and scaled linearly."""
 
-    method: Literal["simclr"] = "simclr"
-    backbone: Literal["small_cnn"] = "small_cnn"
+    method: str = Field("simclr", description="one of pretrain.methods.METHODS")
+    options: dict[str, Any] = Field(default_factory=dict, description="the method's own settings, e.g. temperature")
+    backbone: str = Field("small_cnn", description="one of pretrain.backbones.BACKBONES")
+    cifar_stem: bool | None = Field(None, description="ResNets: 3x3 stem without max-pool; default: images <= 64 px")
+    patch_size: int | None = Field(None, ge=1, description="ViTs; default: the largest of 16/8/4/2 giving 8x8 patches")
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=2, description="per worker")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(2, ge=0)
-    temperature: float = Field(0.2, gt=0)
-    projection_dim: int = Field(64, ge=2)
     min_scale: float = Field(0.4, gt=0, le=1)
     rotation_degrees: float = Field(15.0, ge=0, le=180)
     horizontal_flip: float = Field(0.0, ge=0, le=1)
@@ -81,10 +88,46 @@ class PretrainConfig(_Section):
         "auto", description="auto: 16-bit mixed precision on GPU, 32-bit on CPU"
     )
     checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
+    online_knn: int = Field(
+        1000, ge=0, description="labeled pool images for the kNN accuracy logged every epoch (0: off)"
+    )
+    loader_workers: int | None = Field(
+        None, ge=0, description="DataLoader processes per Ray worker; default: the worker's CPUs minus one"
+    )
+    channels_last: bool = Field(True, description="channels-last memory format on GPU (faster convolutions)")
     storage_path: str = "labelcurve-runs"
     model_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="registry name; default METHOD-BACKBONE-DATASET"
     )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return _known_name(method, METHODS, "method")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, backbone: str) -> str:
+        return _known_name(backbone, BACKBONES, "backbone")
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> PretrainConfig:
+        families = METHODS[self.method].families
+        if families and BACKBONES[self.backbone].family not in families:
+            fitting = [name for name, b in BACKBONES.items() if b.family in families]
+            raise ValueError(f"method {self.method} needs one of the backbones {', '.join(fitting)}")
+        try:
+            options_schema(self.method).model_validate(self.options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            if first["type"] == "extra_forbidden":
+                valid = ", ".join(options_schema(self.method).model_fields)
+                raise ValueError(
+                    f"unknown option '{key}' for method {self.method}: valid options are {valid}"
+                ) from None
+            raise ValueError(f"option '{key}': {first['msg']}") from None
+        return self
 
     @property
     def effective_lr(self) -> float:
@@ -169,6 +212,14 @@ class StudyConfig(_Section):
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _known_name(name: str, known: dict, what: str) -> str:
+    if name in known:
+        return name
+    hint = difflib.get_close_matches(name, known, n=1)
+    guess = f"did you mean '{hint[0]}'? " if hint else ""
+    raise ValueError(f"unknown {what} '{name}': {guess}valid ones are {', '.join(known)}")
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
@@ -201,7 +252,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; ``extends: other.yaml`` (relative to the file) is read first and
+    overridden key by key, so a CPU variant states only what differs from its recipe."""
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found: pass an existing YAML file")
     try:
@@ -211,7 +272,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' is not valid YAML (line {line}): fix it") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
-    return raw
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = (path.parent / str(parent)).resolve()
+    if base in seen:
+        raise ConfigError(f"config file '{path}' extends '{parent}' in a cycle: remove one 'extends'")
+    return _merge(_read_yaml(base, (*seen, path.resolve())), raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StudyConfig:

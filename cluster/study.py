@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -24,7 +25,7 @@ from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, results_frame, summary_table
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
-from pretrain.backbones import build_backbone, embed
+from pretrain.backbones import backbone_options, build_backbone, embed
 from pretrain.checkpoint import (
     ARTIFACT_DIR,
     BackboneCard,
@@ -69,6 +70,7 @@ def prepare(cfg: StudyConfig) -> Prepared:
     check_tracking_server(uri)
     check_ray_address(cfg.ray.address)
     plan = plan_data(cfg.data)
+    backbone_options(cfg.pretrain.backbone, plan.image_size, cfg.pretrain.cifar_stem, cfg.pretrain.patch_size)
     check_budgets(cfg.finetune.budgets, plan.class_counts())
     prepared = Prepared(uri, plan)
     if cfg.finetune.init:
@@ -90,7 +92,12 @@ def prepare(cfg: StudyConfig) -> Prepared:
 
 
 def _dataset_name(cfg: StudyConfig) -> str:
-    return cfg.data.name if cfg.data.name == "digits" else Path(cfg.data.path).expanduser().resolve().name
+    return cfg.data.name if cfg.data.name != "folder" else Path(cfg.data.path).expanduser().resolve().name
+
+
+def _options(cfg: StudyConfig, data: StudyData) -> dict:
+    p = cfg.pretrain
+    return backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size)
 
 
 def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: str = "") -> BackboneCard:
@@ -101,7 +108,10 @@ def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: 
         image_size=data.image_size,
         mean=list(data.mean),
         std=list(data.std),
-        feature_dim=build_backbone(cfg.pretrain.backbone, data.channels).feature_dim,
+        feature_dim=build_backbone(
+            cfg.pretrain.backbone, data.channels, data.image_size, **_options(cfg, data)
+        ).feature_dim,
+        options=_options(cfg, data),
         method=cfg.pretrain.method,
         dataset=_dataset_name(cfg),
         epochs=cfg.pretrain.epochs,
@@ -110,11 +120,14 @@ def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: 
     )
     if state is None:
         return card
-    backbone = build_from_state(state, card)
+    return replace(card, knn_accuracy=round(_test_knn(build_from_state(state, card), data), 4))
+
+
+def _test_knn(backbone, data: StudyData) -> float:
+    """kNN accuracy on the test split with the labeled pool as the bank."""
     pool = embed(backbone, normalize(data.pool.images, data.mean, data.std))
     test = embed(backbone, normalize(data.test.images, data.mean, data.std))
-    knn = knn_accuracy(pool, data.pool.labels.numpy(), test, data.test.labels.numpy())
-    return replace(card, knn_accuracy=round(knn, 4))
+    return knn_accuracy(pool, data.pool.labels.numpy(), test, data.test.labels.numpy())
 
 
 def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console: Console) -> dict:
@@ -144,14 +157,24 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
         tracker.finish(run_id, "FAILED")
         raise
     card = _card(cfg, data, result.backbone_state, run_id)
-    tracker.log_metrics(run_id, {"pretrain_seconds": result.seconds, "knn_accuracy": card.knn_accuracy})
+    torch.manual_seed(cfg.seed)  # the init pretraining started from
+    random_init = _test_knn(build_backbone(p.backbone, data.channels, data.image_size, **card.options), data)
+    metrics = {
+        "pretrain_seconds": result.seconds,
+        "knn_accuracy": card.knn_accuracy,
+        "knn_accuracy_random_init": random_init,
+    }
+    if result.images_per_second:
+        metrics["images_per_second"] = result.images_per_second
+    tracker.log_metrics(run_id, metrics)
     with tempfile.TemporaryDirectory() as folder:
         tracker.client.log_artifacts(run_id, str(save_backbone(folder, result.backbone_state, card)), ARTIFACT_DIR)
     model = p.model_name or default_model_name(p.method, p.backbone, _dataset_name(cfg))
     version = register(tracker.client, model, run_id, card)
     tracker.finish(run_id)
     console.print(
-        f"pretraining: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f}; "
+        f"pretraining: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f} "
+        f"(random init {random_init:.3f}); "
         f"registered models:/{model}/{version} (models:/{model}@latest)"
     )
     return result.backbone_state
@@ -162,15 +185,15 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> di
     arms = [BY_NAME[spec.arm] for spec in todo]
     needed = {arm.start for arm in arms}
     probed = {arm.start for arm in arms if arm.head == LINEAR}
-    starts = {}
+    starts, options = {}, _options(cfg, data)
     if SSL in needed:
         state = _pretrained_backbone(cfg, data, tracker, parent, console)
-        starts[SSL] = make_start(data, cfg.pretrain.backbone, state, data.mean, data.std, SSL in probed)
+        starts[SSL] = make_start(data, cfg.pretrain.backbone, options, state, data.mean, data.std, SSL in probed)
     if SCRATCH_START in needed:
-        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, None, data.mean, data.std, False)
+        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std, False)
     if TRANSFER in needed:
         state, card = prepared.transfer
-        starts[TRANSFER] = make_start(data, card.backbone, state, card.mean, card.std, TRANSFER in probed)
+        starts[TRANSFER] = make_start(data, card.backbone, card.options, state, card.mean, card.std, TRANSFER in probed)
     return starts
 
 

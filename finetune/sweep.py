@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
@@ -52,11 +52,20 @@ class Start:
 
     backbone: str
     in_channels: int
+    image_size: int
+    options: dict
     state: dict[str, torch.Tensor] | None
     pool_x: torch.Tensor
     test_x: torch.Tensor
     pool_features: np.ndarray | None = None
     test_features: np.ndarray | None = None
+
+    def build(self) -> torch.nn.Module:
+        """The backbone at its start: pretrained weights, or a random init."""
+        backbone = build_backbone(self.backbone, self.in_channels, self.image_size, **self.options)
+        if self.state is not None:
+            backbone.load_state_dict(self.state)
+        return backbone
 
 
 @dataclass(frozen=True)
@@ -72,16 +81,15 @@ def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSp
     return [RunSpec(a, b, s) for b, s, a in itertools.product(budgets, seeds, arms)]
 
 
-def make_start(data: StudyData, backbone: str, state: dict | None, mean, std, linear: bool) -> Start:
+def make_start(data: StudyData, backbone: str, options: dict, state: dict | None, mean, std, linear: bool) -> Start:
     """A start over the study's images, normalized with the statistics the backbone was trained with."""
     view = EvalTransform(data.image_size, data.channels, mean, std)
     pool_x, test_x = view(data.pool.images), view(data.test.images)
-    pool_f = test_f = None
+    start = Start(backbone, data.channels, data.image_size, options, state, pool_x, test_x)
     if linear and state is not None:
-        frozen = build_backbone(backbone, pool_x.shape[1])
-        frozen.load_state_dict(state)
-        pool_f, test_f = embed(frozen, pool_x), embed(frozen, test_x)
-    return Start(backbone, pool_x.shape[1], state, pool_x, test_x, pool_f, test_f)
+        frozen = start.build()
+        return replace(start, pool_features=embed(frozen, pool_x), test_features=embed(frozen, test_x))
+    return start
 
 
 def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
@@ -96,11 +104,8 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
         )
     else:
         torch.manual_seed(spec.seed)
-        backbone = build_backbone(start.backbone, start.in_channels)
-        if start.state is not None:
-            backbone.load_state_dict(start.state)
         model = fine_tune(
-            backbone,
+            start.build(),
             inputs.n_classes,
             start.pool_x[index],
             torch.as_tensor(inputs.pool_y[index]),

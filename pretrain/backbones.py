@@ -1,10 +1,26 @@
-"""Backbones: feature extractors that map images to a flat feature vector."""
+"""Backbones: feature extractors that map images to a flat feature vector (``feature_dim``).
+
+Every backbone is built from its name, the input channels and image size, and a few resolved
+options (the CIFAR stem of a ResNet, the patch size of a ViT). :func:`backbone_options` resolves
+and checks those options against the image size before any compute starts, and the resolved
+options travel in the model card, so that a pulled backbone is rebuilt exactly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from lightly.models.modules import MaskedVisionTransformerTorchvision
 from torch import nn
+from torchvision.models import resnet18, resnet34, resnet50
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built for this data, phrased as one line for the user."""
 
 
 class SmallCNN(nn.Module):
@@ -37,16 +53,142 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-BACKBONES = {"small_cnn": SmallCNN}
+def resnet(depth: int, in_channels: int = 3, cifar_stem: bool = False) -> nn.Module:
+    """A torchvision ResNet without its classifier (He et al., CVPR 2016).
+
+    ``cifar_stem`` swaps the 7x7 stride-2 convolution and max-pool for one 3x3 stride-1
+    convolution, as for CIFAR in the SimCLR paper (appendix B.9): a 32 px image then keeps a
+    4x4 map before pooling instead of 1x1. Example::
+
+        backbone = resnet(18, cifar_stem=True)
+        features = backbone(torch.rand(8, 3, 32, 32))  # (8, 512)
+    """
+    net = {18: resnet18, 34: resnet34, 50: resnet50}[depth](weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    net.feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
 
 
-def build_backbone(name: str, in_channels: int) -> nn.Module:
-    """The backbone called ``name``; every backbone exposes ``feature_dim``."""
-    return BACKBONES[name](in_channels=in_channels)
+class ViT(nn.Module):
+    """A Vision Transformer (Dosovitskiy et al., ICLR 2021) whose feature is the class token.
+
+    Built on torchvision's ``VisionTransformer`` through lightly's masked wrapper, so that MAE
+    can encode only the visible patches (``encode(images, idx_keep=...)``). Example::
+
+        backbone = ViT(image_size=32, patch_size=4, hidden_dim=192, num_layers=12, num_heads=3)
+        features = backbone(torch.rand(8, 3, 32, 32))  # (8, 192)
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        hidden_dim: int,
+        num_layers: int,
+        num_heads: int,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        vit = VisionTransformer(image_size, patch_size, num_layers, num_heads, hidden_dim, hidden_dim * 4)
+        vit.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, patch_size)
+        vit.heads = nn.Identity()  # no classifier: DDP requires every parameter to reach the loss
+        self.encoder = MaskedVisionTransformerTorchvision(vit=vit)
+        self.encoder.mask_token = None  # MAE keeps its own mask token in the decoder's width
+        self.patch_size, self.feature_dim = patch_size, hidden_dim
+
+    @property
+    def sequence_length(self) -> int:
+        return self.encoder.sequence_length
+
+    def encode(self, images: torch.Tensor, idx_keep: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.encode(images, idx_keep=idx_keep)
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one named backbone and which image sizes it takes."""
+
+    build: Callable[..., nn.Module]
+    family: str  # "cnn", "resnet" or "vit": what the options and the MAE method refer to
+    vit_dims: tuple[int, int, int] = (0, 0, 0)  # hidden size, layers, heads
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "small_cnn": BackboneSpec(lambda in_channels, image_size: SmallCNN(in_channels), "cnn"),
+    **{
+        f"resnet{d}": BackboneSpec(
+            lambda in_channels, image_size, cifar_stem, d=d: resnet(d, in_channels, cifar_stem), "resnet"
+        )
+        for d in (18, 34, 50)
+    },
+    **{
+        name: BackboneSpec(
+            lambda in_channels, image_size, patch_size, dims=dims: ViT(image_size, patch_size, *dims, in_channels),
+            "vit",
+            dims,
+        )
+        for name, dims in {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}.items()
+    },
+}
+
+
+def default_patch_size(image_size: int) -> int:
+    """The largest of 16, 8, 4, 2 that divides the image into at least 8 x 8 patches."""
+    return next((p for p in (16, 8, 4, 2) if image_size % p == 0 and image_size // p >= 8), 1)
+
+
+def backbone_options(name: str, image_size: int, cifar_stem: bool | None = None, patch_size: int | None = None) -> dict:
+    """The resolved build options of backbone ``name`` for ``image_size`` px images.
+
+    Raises :class:`BackboneError` naming the setting to change when the backbone cannot take
+    the images.
+    """
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone '{name}': choose from {', '.join(BACKBONES)}")
+    family = BACKBONES[name].family
+    if family == "resnet":
+        stem = image_size <= 64 if cifar_stem is None else cifar_stem
+        if not stem and image_size < 32:
+            raise BackboneError(
+                f"{name} with the ImageNet stem reduces {image_size} px images to nothing (32x downsampling): "
+                "set pretrain.cifar_stem=true or data.image_size=32 or more"
+            )
+        if image_size < 8:
+            raise BackboneError(f"{name} needs images of at least 8 px: set data.image_size=8 or more")
+        return {"cifar_stem": stem}
+    if family == "vit":
+        patch = patch_size or default_patch_size(image_size)
+        if image_size % patch or image_size // patch < 2:
+            raise BackboneError(
+                f"{name} with patch size {patch} cannot tile {image_size} px images: set data.image_size to a "
+                f"multiple of {patch} (at least {2 * patch}) or pretrain.patch_size to a divisor of {image_size}"
+            )
+        return {"patch_size": patch}
+    if image_size < 4:
+        raise BackboneError(f"{name} needs images of at least 4 px: set data.image_size=4 or more")
+    return {}
+
+
+def build_backbone(name: str, in_channels: int, image_size: int = 32, **options) -> nn.Module:
+    """The backbone called ``name``; every backbone exposes ``feature_dim``.
+
+    ``options`` are those :func:`backbone_options` resolved (missing ones take their default).
+    """
+    resolved = backbone_options(name, image_size, **options)
+    return BACKBONES[name].build(in_channels=in_channels, image_size=image_size, **resolved)
 
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Features of normalized ``images`` from a backbone in eval mode."""
+    """Features of normalized ``images`` from a backbone in eval mode, on the backbone's device."""
     backbone.eval()
-    return torch.cat([backbone(chunk) for chunk in images.split(batch_size)]).numpy()
+    device = next(backbone.parameters()).device
+    return torch.cat([backbone(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)]).numpy()

@@ -19,16 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain.backbones import build_backbone
+from pretrain.backbones import BackboneError, build_backbone
 from pretrain.views import EvalTransform
 
 WEIGHTS_FILE, CARD_FILE = "model.safetensors", "card.json"
 ARTIFACT_DIR = "backbone"  # where a pretraining run keeps the folder among its MLflow artifacts
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
-
-
-class BackboneError(ValueError):
-    """A backbone that cannot be found or used, phrased as one line for the user."""
 
 
 class UnsafeCheckpointError(BackboneError):
@@ -45,6 +41,7 @@ class BackboneCard:
     mean: list[float]
     std: list[float]
     feature_dim: int
+    options: dict = field(default_factory=dict)  # resolved build options: cifar_stem, patch_size
     method: str = ""
     dataset: str = ""
     epochs: int = 0
@@ -55,8 +52,8 @@ class BackboneCard:
 
     def tags(self) -> dict[str, str]:
         """Flat string tags for the model registry."""
-        flat = {k: v for k, v in asdict(self).items() if k != "extra" and v not in (None, "")}
-        return {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flat.items()}
+        flat = {k: v for k, v in asdict(self).items() if k != "extra" and v not in (None, "", {})}
+        return {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in flat.items()}
 
 
 def save_backbone(folder: str | Path, state: dict[str, torch.Tensor], card: BackboneCard) -> Path:
@@ -127,7 +124,7 @@ def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], BackboneCa
 
 
 def build_from_state(state: dict[str, torch.Tensor], card: BackboneCard) -> nn.Module:
-    backbone = build_backbone(card.backbone, card.in_channels)
+    backbone = build_backbone(card.backbone, card.in_channels, card.image_size, **card.options)
     try:
         backbone.load_state_dict(state)
     except RuntimeError as error:

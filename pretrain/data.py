@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
+#: torchvision datasets: name -> (class name, folder inside data.path, display name)
+TORCHVISION_DATASETS = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "CIFAR-10"),
+    "cifar100": ("CIFAR100", "cifar-100-python", "CIFAR-100"),
+    "stl10": ("STL10", "stl10_binary", "STL-10"),
+}
+
+
 class DataError(ValueError):
     """A data problem, phrased as one line for the user."""
 
@@ -112,6 +120,58 @@ class _FileReader:
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+class _ArrayReader:
+    """Images of a torchvision dataset held as arrays; an item is ``(split, index)``."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], channels: int) -> None:
+        self.arrays, self.channels, self.files = arrays, channels, _FileReader(channels)
+
+    def read(self, item: object) -> np.ndarray | None:
+        if isinstance(item, Path):  # data.unlabeled_path beside a torchvision dataset
+            return self.files.read(item)
+        split, index = item
+        image = self.arrays[split][index]  # C x H x W uint8
+        if self.channels == 1 and image.shape[0] == 3:
+            return np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"))[None]
+        return image
+
+
+def _torchvision_dataset(cfg) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Classes, images (C x H x W) and labels per split of a torchvision dataset in ``data.path``.
+
+    Offline, the files must already be there (torchvision checks their MD5 sums); with
+    ``data.download=true`` torchvision fetches what is missing.
+    """
+    import torchvision.datasets
+
+    class_name, folder, title = TORCHVISION_DATASETS[cfg.name]
+    root = Path(cfg.path).expanduser()
+    dataset = getattr(torchvision.datasets, class_name)
+    splits = {"train": {"split": "train"}, "test": {"split": "test"}, "unlabeled": {"split": "unlabeled"}}
+    if cfg.name != "stl10":
+        splits = {"train": {"train": True}, "test": {"train": False}}
+    arrays, labels, classes = {}, {}, ()
+    for split, kwargs in splits.items():
+        try:
+            data = dataset(str(root), download=cfg.download, **kwargs)
+        except RuntimeError as error:
+            if "not found or corrupted" not in str(error):
+                raise
+            raise DataError(
+                f"data.path '{root}' has no complete {title} ({root / folder}/ with the official files): "
+                "set data.download=true on a machine that is online, or copy the files there"
+            ) from None
+        except OSError as error:
+            raise DataError(
+                f"downloading {title} into '{root}' failed ({error}): copy the files there and set data.download=false"
+            ) from None
+        images = np.asarray(data.data)
+        arrays[split] = images.transpose(0, 3, 1, 2) if images.shape[-1] == 3 else images
+        labels[split] = np.asarray(data.targets if hasattr(data, "targets") else data.labels, dtype=np.int64)
+        classes = classes or tuple(data.classes)
+    return classes, arrays, labels
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -190,6 +250,13 @@ def plan_data(cfg) -> DataPlan:
         test_items: list[object] = []
         test_labels = np.zeros(0, dtype=np.int64)
         size, channels, source = cfg.image_size or 16, 1, "sklearn digits"
+    elif cfg.name in TORCHVISION_DATASETS:
+        classes, arrays, split_labels = _torchvision_dataset(cfg)
+        items, labels = [("train", i) for i in range(len(split_labels["train"]))], split_labels["train"]
+        test_items, test_labels = [("test", i) for i in range(len(split_labels["test"]))], split_labels["test"]
+        channels = cfg.channels or 3
+        size, reader = cfg.image_size or arrays["train"].shape[-1], _ArrayReader(arrays, channels)
+        source = f"{TORCHVISION_DATASETS[cfg.name][2]} in {Path(cfg.path).expanduser().resolve()}"
     else:
         classes, items, labels, test_items, test_labels = _scan_folder(cfg.path)
         size, channels = cfg.image_size or 32, cfg.channels or 3
@@ -209,6 +276,8 @@ def plan_data(cfg) -> DataPlan:
         list(test_items), np.asarray(test_labels), cfg.max_test_per_class, cfg.split_seed
     )
     extra: list[object] = []
+    if cfg.name == "stl10" and not cfg.unlabeled_path:  # STL-10's 100,000 unlabeled images
+        extra = [("unlabeled", i) for i in range(len(reader.arrays["unlabeled"]))]
     if cfg.unlabeled_path:
         folder = Path(cfg.unlabeled_path).expanduser()
         if not folder.is_dir():
@@ -216,9 +285,9 @@ def plan_data(cfg) -> DataPlan:
         extra = _image_files(folder)
         if not extra:
             raise DataError(f"no images found under data.unlabeled_path '{folder}': add images or remove it")
-        if cfg.max_unlabeled is not None and len(extra) > cfg.max_unlabeled:
-            keep = np.random.default_rng(cfg.split_seed).choice(len(extra), cfg.max_unlabeled, replace=False)
-            extra = [extra[i] for i in sorted(keep)]
+    if cfg.max_unlabeled is not None and len(extra) > cfg.max_unlabeled:
+        keep = np.random.default_rng(cfg.split_seed).choice(len(extra), cfg.max_unlabeled, replace=False)
+        extra = [extra[i] for i in sorted(keep)]
     return DataPlan(
         classes=classes,
         pool=list(items),

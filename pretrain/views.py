@@ -1,6 +1,8 @@
-"""Image views: lightly's SimCLR augmentations fitted to the data, and the plain eval view."""
+"""Image views: the augmentation knobs every method's lightly transform reads, and the plain eval view."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,25 +12,66 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 
-def simclr_transform(cfg, image_size: int, mean, std) -> SimCLRTransform:
-    """Two random views per image (Chen et al., 2020), without what the images cannot take.
+@dataclass(frozen=True)
+class ViewSettings:
+    """The augmentation knobs of a study, shared by every method's views."""
 
-    Flips are off unless configured (a mirrored digit is another symbol); grayscale conversion
-    and hue/saturation jitter only make sense for colour images; blur is off at small sizes.
-    """
-    colour = len(mean) == 3
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    min_scale: float = 0.08
+    horizontal_flip: float = 0.5
+    rotation_degrees: float = 0.0
+    color_jitter: float = 0.8
+
+    @classmethod
+    def from_config(cls, cfg, image_size: int, mean, std) -> ViewSettings:
+        """From a ``pretrain`` section (any object with the same fields)."""
+        return cls(
+            image_size,
+            tuple(mean),
+            tuple(std),
+            cfg.min_scale,
+            cfg.horizontal_flip,
+            cfg.rotation_degrees,
+            cfg.color_jitter,
+        )
+
+    @property
+    def colour(self) -> bool:
+        return len(self.mean) == 3
+
+    @property
+    def blur(self) -> float:
+        """Gaussian blur probability: blur erases small images, so it is off below 64 px."""
+        return 0.5 if self.image_size >= 64 else 0.0
+
+    @property
+    def solarize(self) -> float:
+        return 0.2 if self.colour else 0.0
+
+    def common(self) -> dict:
+        """Keyword arguments that every lightly multi-view transform takes.
+
+        Flips are off unless configured (a mirrored digit is another symbol); grayscale
+        conversion and hue/saturation jitter only make sense for colour images.
+        """
+        return {
+            "hf_prob": self.horizontal_flip,
+            "rr_prob": 0.5 if self.rotation_degrees else 0.0,
+            "rr_degrees": self.rotation_degrees or None,
+            "cj_prob": self.color_jitter,
+            "cj_sat": 0.8 if self.colour else 0.0,
+            "cj_hue": 0.2 if self.colour else 0.0,
+            "random_gray_scale": 0.2 if self.colour else 0.0,
+            "normalize": {"mean": list(self.mean), "std": list(self.std)},
+        }
+
+
+def simclr_views(views: ViewSettings) -> SimCLRTransform:
+    """Two random views per image (Chen et al., 2020): the views of most two-view methods."""
     return SimCLRTransform(
-        input_size=image_size,
-        min_scale=cfg.min_scale,
-        hf_prob=cfg.horizontal_flip,
-        rr_prob=0.5 if cfg.rotation_degrees else 0.0,
-        rr_degrees=cfg.rotation_degrees or None,
-        cj_prob=cfg.color_jitter,
-        cj_sat=0.8 if colour else 0.0,
-        cj_hue=0.2 if colour else 0.0,
-        random_gray_scale=0.2 if colour else 0.0,
-        gaussian_blur=0.5 if image_size >= 64 else 0.0,
-        normalize={"mean": list(mean), "std": list(std)},
+        input_size=views.image_size, min_scale=views.min_scale, gaussian_blur=views.blur, **views.common()
     )
 
 
@@ -70,6 +113,12 @@ class EvalTransform:
         )
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A uint8 ``C x H x W`` tensor as a PIL image, the input every lightly transform takes."""
+    array = image.numpy()
+    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+
+
 class MultiViewDataset(Dataset):
     """Yields the list of views of one uint8 image tensor; labels are never read."""
 
@@ -81,4 +130,4 @@ class MultiViewDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.transform(self.images[index])
+        return self.transform(to_pil(self.images[index]))

@@ -12,26 +12,18 @@ from pretrain.methods.base import SSLMethod
 class SimCLR(SSLMethod):
     """SimCLR (Chen et al., ICML 2020, https://arxiv.org/abs/2002.05709) from lightly's parts.
 
-    By default negatives are gathered across Ray Train workers (``gather_distributed=True``), so
-    the loss sees the global batch, as in the paper. Example::
+    Negatives are gathered across Ray Train workers (``gather_distributed``), so the loss sees
+    the global batch, as in the paper. Example::
 
-        method = SimCLR(SmallCNN(in_channels=1), lr=1e-3, weight_decay=1e-4)
+        method = SimCLR(resnet(18, cifar_stem=True), temperature=0.5)
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        temperature: float = 0.2,
-        projection_dim: int = 64,
-        gather_distributed: bool = True,
-        **base,
-    ) -> None:
+    def __init__(self, backbone, *, temperature: float = 0.5, projection_dim: int = 128, **base) -> None:
         super().__init__(backbone, **base)
         dim = backbone.feature_dim
         self.projection_head = SimCLRProjectionHead(dim, dim, projection_dim)
-        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=self.gather_distributed)
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         z0, z1 = (self.projection_head(self.backbone(v)) for v in views)

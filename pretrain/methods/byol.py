@@ -1,0 +1,58 @@
+"""BYOL: predict a momentum teacher's projection of the other view; no negatives."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+
+from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.views import ViewSettings
+
+
+class BYOL(SSLMethod):
+    """BYOL (Grill et al., NeurIPS 2020, https://arxiv.org/abs/2006.07733).
+
+    The teacher's momentum rises from 0.99 to 1 on a cosine schedule; the two views are
+    asymmetric (blur on the first, solarization on the second), as in the paper. Example::
+
+        method = BYOL(resnet(18, cifar_stem=True))
+        loss = method.loss([view_a, view_b])
+    """
+
+    def __init__(
+        self, backbone, *, hidden_dim: int = 1024, projection_dim: int = 256, momentum: float = 0.99, **base
+    ) -> None:
+        super().__init__(backbone, **base)
+        self.ema = (momentum, 1.0)
+        self.projection_head = BYOLProjectionHead(backbone.feature_dim, hidden_dim, projection_dim)
+        self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)
+        self.backbone_momentum = frozen_copy(self.backbone)
+        self.projection_head_momentum = frozen_copy(self.projection_head)
+        self.criterion = NegativeCosineSimilarity()
+
+    @classmethod
+    def transform(cls, views: ViewSettings, **options) -> BYOLTransform:
+        size, scale = views.image_size, views.min_scale
+        return BYOLTransform(
+            view_1_transform=BYOLView1Transform(
+                input_size=size, min_scale=scale, gaussian_blur=2 * views.blur, **views.common()
+            ),
+            view_2_transform=BYOLView2Transform(
+                input_size=size,
+                min_scale=scale,
+                gaussian_blur=views.blur / 5,
+                solarization_prob=views.solarize,
+                **views.common(),
+            ),
+        )
+
+    def teacher_pairs(self):
+        return [(self.backbone, self.backbone_momentum), (self.projection_head, self.projection_head_momentum)]
+
+    def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        predictions = [self.prediction_head(self.projection_head(self.backbone(v))) for v in views]
+        with torch.no_grad():
+            targets = [self.projection_head_momentum(self.backbone_momentum(v)) for v in views]
+        return 0.5 * (self.criterion(predictions[0], targets[1]) + self.criterion(predictions[1], targets[0]))

@@ -1,0 +1,81 @@
+"""DINO: a student matches the centred, sharpened output of a momentum teacher across crops."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad
+from lightly.transforms import DINOTransform
+from torch import nn
+
+from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.views import ViewSettings
+
+
+class DINO(SSLMethod):
+    """DINO (Caron et al., ICCV 2021, https://arxiv.org/abs/2104.14294).
+
+    The teacher sees the two global crops, the student every crop (plus ``n_local_views`` local
+    crops at half the size); the last head layer is frozen for the first epoch, as in the paper.
+    Example::
+
+        method = DINO(resnet(18, cifar_stem=True), output_dim=2048)
+        loss = method.loss([global_a, global_b, *local_crops])
+    """
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        output_dim: int = 2048,
+        n_local_views: int = 6,
+        warmup_teacher_temp_epochs: int = 30,
+        momentum: float = 0.996,
+        **base,
+    ) -> None:
+        super().__init__(backbone, **base)
+        self.ema = (momentum, 1.0)
+
+        def head(freeze_last_layer: int = -1) -> DINOProjectionHead:
+            return DINOProjectionHead(
+                backbone.feature_dim, hidden_dim, bottleneck_dim, output_dim, True, freeze_last_layer
+            )
+
+        self.student_head = head(freeze_last_layer=1)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = head()  # weight-normed layers cannot be deep-copied: build, then copy weights
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(
+            output_dim=output_dim, warmup_teacher_temp_epochs=min(warmup_teacher_temp_epochs, self.max_epochs)
+        )
+
+    @classmethod
+    def transform(cls, views: ViewSettings, *, n_local_views: int = 6, **options) -> DINOTransform:
+        common = views.common()
+        size, scale = views.image_size, views.min_scale
+        return DINOTransform(
+            global_crop_size=size,
+            global_crop_scale=(scale, 1.0),
+            local_crop_size=max(size // 2, 4),
+            local_crop_scale=(min(0.05, scale), scale),
+            n_local_views=n_local_views,
+            gaussian_blur=(2 * views.blur, views.blur / 5, views.blur),
+            solarization_prob=views.solarize,
+            **common,
+        )
+
+    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.student_head, self.teacher_head)]
+
+    def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
+        student = [self.student_head(self.backbone(v)) for v in views]
+        return self.criterion(teacher, student, epoch=self.current_epoch)
+
+    def on_after_backward(self) -> None:
+        self.student_head.cancel_last_layer_gradients(self.current_epoch)

@@ -1,0 +1,52 @@
+"""MoCo v2: contrast queries against keys from a momentum encoder and a memory bank of old keys."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import MoCoProjectionHead
+
+from pretrain.methods.base import SSLMethod, frozen_copy
+
+
+class MoCoV2(SSLMethod):
+    """MoCo v2 (Chen et al., 2020, https://arxiv.org/abs/2003.04297; He et al., CVPR 2020).
+
+    The memory bank holds ``memory_bank_size`` keys, so negatives do not depend on the batch
+    size; with ``gather_distributed`` every worker's keys enter the bank. The loss is symmetrized
+    over the two views, as in lightly's CIFAR-10 benchmark. Example::
+
+        method = MoCoV2(resnet(18, cifar_stem=True), memory_bank_size=4096)
+        loss = method.loss([view_a, view_b])
+    """
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        temperature: float = 0.1,
+        projection_dim: int = 128,
+        memory_bank_size: int = 4096,
+        momentum: float = 0.99,
+        **base,
+    ) -> None:
+        super().__init__(backbone, **base)
+        self.ema = (momentum, 1.0)
+        dim = backbone.feature_dim
+        self.projection_head = MoCoProjectionHead(dim, dim, projection_dim)
+        self.backbone_momentum = frozen_copy(self.backbone)
+        self.projection_head_momentum = frozen_copy(self.projection_head)
+        self.criterion = NTXentLoss(
+            temperature=temperature,
+            memory_bank_size=(memory_bank_size, projection_dim),
+            gather_distributed=self.gather_distributed,
+        )
+
+    def teacher_pairs(self):
+        return [(self.backbone, self.backbone_momentum), (self.projection_head, self.projection_head_momentum)]
+
+    def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        queries = [self.projection_head(self.backbone(v)) for v in views]
+        with torch.no_grad():
+            keys = [self.projection_head_momentum(self.backbone_momentum(v)) for v in views]
+        return 0.5 * (self.criterion(queries[0], keys[1]) + self.criterion(queries[1], keys[0]))
