@@ -78,6 +78,7 @@ class PretrainConfig(_Section):
     rotation_degrees: float = Field(15.0, ge=0, le=180)
     horizontal_flip: float = Field(0.0, ge=0, le=1)
     color_jitter: float = Field(0.5, ge=0, le=1)
+    color_jitter_strength: float | None = Field(None, gt=0, description="default: the method's transform default")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = None
@@ -261,8 +262,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file as a dict; ``extends: other.yaml`` (relative to the file) is read first and
-    overridden key by key, so a CPU variant states only what differs from its recipe."""
+    """A config file as a dict. ``extends: other.yaml`` (or a list, merged in order; paths relative
+    to the file) is read first and overridden key by key, so a variant states only what differs."""
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found: pass an existing YAML file")
     try:
@@ -272,13 +273,16 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' is not valid YAML (line {line}): fix it") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
-    parent = raw.pop("extends", None)
-    if parent is None:
+    parents = raw.pop("extends", None)
+    if parents is None:
         return raw
-    base = (path.parent / str(parent)).resolve()
-    if base in seen:
-        raise ConfigError(f"config file '{path}' extends '{parent}' in a cycle: remove one 'extends'")
-    return _merge(_read_yaml(base, (*seen, path.resolve())), raw)
+    merged: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        base = (path.parent / str(parent)).resolve()
+        if base in seen or base == path.resolve():
+            raise ConfigError(f"config file '{path}' extends '{parent}' in a cycle: remove one 'extends'")
+        merged = _merge(merged, _read_yaml(base, (*seen, path.resolve())))
+    return _merge(merged, raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StudyConfig:

@@ -23,7 +23,7 @@ from cluster.registry import default_model_name, register, resolve, use_store
 from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
-from finetune.report import curve_png, curve_points, results_frame, summary_table
+from finetune.report import curve_png, curve_points, pretraining_png, results_frame, summary_table
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
 from pretrain.backbones import backbone_options, build_backbone, embed
 from pretrain.checkpoint import (
@@ -167,6 +167,9 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     if result.images_per_second:
         metrics["images_per_second"] = result.images_per_second
     tracker.log_metrics(run_id, metrics)
+    if result.losses:
+        title = f"{p.method} / {p.backbone} on {_dataset_name(cfg)}"
+        tracker.log_artifacts(run_id, {"pretraining.png": pretraining_png(result.losses, result.knn, title)})
     with tempfile.TemporaryDirectory() as folder:
         tracker.client.log_artifacts(run_id, str(save_backbone(folder, result.backbone_state, card)), ARTIFACT_DIR)
     model = p.model_name or default_model_name(p.method, p.backbone, _dataset_name(cfg))

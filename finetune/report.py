@@ -68,11 +68,27 @@ def _accuracy_png(figure, axis, title: str, legend: str) -> bytes:
     axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc=legend)
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def pretraining_png(losses: list[float], knn: list[float], title: str) -> bytes:
+    """Loss per epoch and, beside it, the online kNN accuracy (epoch 0 = random init)."""
+    figure, (loss_axis, knn_axis) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    loss_axis.plot(range(1, len(losses) + 1), losses, marker=".")
+    loss_axis.set(xlabel="epoch", ylabel="training loss", title=title)
+    knn_axis.plot(range(len(knn)), knn, marker=".", color="tab:green")
+    knn_axis.set(xlabel="epoch", ylabel="online kNN accuracy", title="representation quality")
+    for axis in (loss_axis, knn_axis):
+        axis.grid(True, alpha=0.3)
+    return _png(figure)
 
 
 def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:

@@ -130,7 +130,7 @@ class _ArrayReader:
         if isinstance(item, Path):  # data.unlabeled_path beside a torchvision dataset
             return self.files.read(item)
         split, index = item
-        image = self.arrays[split][index]  # C x H x W uint8
+        image = np.array(self.arrays[split][index])  # C x H x W uint8, a writable copy
         if self.channels == 1 and image.shape[0] == 3:
             return np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"))[None]
         return image

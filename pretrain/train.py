@@ -49,7 +49,7 @@ class PretrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)  # per epoch, of this invocation
     knn: list[float] = field(default_factory=list)  # online kNN: random init, then per epoch
-    images_per_second: float | None = None  # per worker, epochs after the first
+    images_per_second: float | None = None  # all workers, epochs after the first
 
 
 class _EpochReport(pl.Callback):

@@ -23,19 +23,13 @@ class ViewSettings:
     horizontal_flip: float = 0.5
     rotation_degrees: float = 0.0
     color_jitter: float = 0.8
+    color_jitter_strength: float | None = None
 
     @classmethod
     def from_config(cls, cfg, image_size: int, mean, std) -> ViewSettings:
         """From a ``pretrain`` section (any object with the same fields)."""
-        return cls(
-            image_size,
-            tuple(mean),
-            tuple(std),
-            cfg.min_scale,
-            cfg.horizontal_flip,
-            cfg.rotation_degrees,
-            cfg.color_jitter,
-        )
+        knobs = ("min_scale", "horizontal_flip", "rotation_degrees", "color_jitter", "color_jitter_strength")
+        return cls(image_size, tuple(mean), tuple(std), **{k: getattr(cfg, k) for k in knobs})
 
     @property
     def colour(self) -> bool:
@@ -56,7 +50,9 @@ class ViewSettings:
         Flips are off unless configured (a mirrored digit is another symbol); grayscale
         conversion and hue/saturation jitter only make sense for colour images.
         """
+        strength = {} if self.color_jitter_strength is None else {"cj_strength": self.color_jitter_strength}
         return {
+            **strength,
             "hf_prob": self.horizontal_flip,
             "rr_prob": 0.5 if self.rotation_degrees else 0.0,
             "rr_degrees": self.rotation_degrees or None,

@@ -67,3 +67,28 @@ def test_unreachable_services_fail_fast(labelcurve, tmp_path, args, env, fragmen
     result = labelcurve("run", *args, env=env)
     assert time.monotonic() - started < 20  # interpreter start included; the checks time out at 5 s
     assert_rejected_before_compute(result, tmp_path, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("pretrain.method=simclrr",), ("unknown method 'simclrr': did you mean 'simclr'?", "valid ones are", "mae")),
+        (("pretrain.backbone=resnet",), ("unknown backbone 'resnet'", "resnet18, resnet34, resnet50", "vit_small")),
+        (("pretrain.method=mae",), ("method mae needs one of the backbones vit_tiny, vit_small",)),
+        (("pretrain.options={tau: 0.1}",), ("unknown option 'tau' for method simclr", "temperature, projection_dim")),
+        # digits are 16 px: the ImageNet stem of a ResNet downsamples 32x
+        (("pretrain.backbone=resnet18", "pretrain.cifar_stem=false"), ("set pretrain.cifar_stem=true",)),
+        (("pretrain.backbone=vit_tiny", "pretrain.patch_size=5"), ("patch size 5 cannot tile 16 px images",)),
+    ],
+)
+def test_method_backbone_and_image_size_mistakes(labelcurve, tmp_path, args, fragments):
+    result = labelcurve("run", *args)
+    assert_rejected_before_compute(result, tmp_path, *fragments)
+
+
+def test_torchvision_dataset_root_without_its_files(labelcurve, tmp_path):
+    (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
+    result = labelcurve("run", "data.name=cifar10", f"data.path={tmp_path / 'cifar'}")
+    assert_rejected_before_compute(
+        result, tmp_path, "has no complete CIFAR-10", "cifar-10-batches-py/", "set data.download=true"
+    )

@@ -1,6 +1,7 @@
 import pytest
 
 from cluster.config import DEFAULT_CONFIG, ConfigError, StudyConfig, load_config, parse_override
+from pretrain.methods import METHODS
 
 
 def test_quickstart_config_is_valid_and_matches_the_defaults_that_matter():
@@ -68,3 +69,26 @@ def test_fingerprint_ignores_the_grid_but_not_the_recipe():
 def test_learning_rate_scales_with_the_global_batch():
     cfg = load_config(None, ["pretrain.lr=0.004", "pretrain.batch_size=64", "pretrain.num_workers=4"])
     assert cfg.pretrain.effective_lr == pytest.approx(0.004 * 256 / 256)
+
+
+def test_a_recipe_extends_its_base_and_states_only_the_difference(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "study: base\npretrain: {method: byol, epochs: 200, options: {hidden_dim: 4096, momentum: 0.99}}\n"
+    )
+    (tmp_path / "cpu.yaml").write_text(
+        "extends: base.yaml\nstudy: cpu\npretrain: {epochs: 5, options: {momentum: 0.9}}\n"
+    )
+    cfg = load_config(tmp_path / "cpu.yaml")
+    assert (cfg.study, cfg.pretrain.method, cfg.pretrain.epochs) == ("cpu", "byol", 5)
+    assert cfg.pretrain.options == {"hidden_dim": 4096, "momentum": 0.9}
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="in a cycle"):
+        load_config(tmp_path / "loop.yaml")
+
+
+def test_every_shipped_config_is_valid():
+    configs = sorted((DEFAULT_CONFIG.parent).rglob("*.yaml"))
+    assert len(configs) >= 22
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.pretrain.method in METHODS, path

@@ -75,3 +75,60 @@ def test_cifar10_copy_loads_as_image_folder(cifar_root):
         DataConfig(name="folder", path=str(cifar_root), unlabeled_path=str(cifar_root / "train"), max_unlabeled=500)
     ).extra_unlabeled
     assert len(extra) == 500 and len({p.parent.name for p in extra}) == 10  # a sample, not the first folders
+
+
+def _fake_cifar10(root, per_split=20):
+    """CIFAR-10's python layout with random images (class c brighter in channel c % 3)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(name, n):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 100, (n, 3, 32, 32), dtype=np.uint8)
+        images[np.arange(n), labels % 3] += 120
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": images.reshape(n, -1), "labels": labels.tolist()}, f)
+
+    for i in range(1, 6):
+        batch(f"data_batch_{i}", per_split)
+    batch("test_batch", per_split)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+
+
+def _fake_stl10(root, n=20, unlabeled=30):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("test", n), ("unlabeled", unlabeled)):
+        rng.integers(0, 255, (count, 3, 96, 96), dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (np.arange(count) % 10 + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    names = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    (folder / "class_names.txt").write_text("\n".join(names))
+
+
+def test_torchvision_cifar10_and_stl10_roots_load_offline(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+    import torchvision.datasets.stl10
+
+    # The fake files cannot match the official MD5 sums; everything after that check is real.
+    for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
+        monkeypatch.setattr(module, "check_integrity", lambda *args, **kwargs: True)
+    _fake_cifar10(tmp_path / "cifar")
+    data = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"))))
+    assert data.classes[0] == "airplane" and len(data.classes) == 10
+    assert (len(data.pool), len(data.test), data.image_size, data.channels) == (100, 20, 32, 3)
+    assert data.pool.labels.bincount().tolist() == [10] * 10
+
+    gray = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"), image_size=16, channels=1)))
+    assert tuple(gray.pool.images.shape[1:]) == (1, 16, 16)
+
+    _fake_stl10(tmp_path / "stl")
+    stl = load_data(plan_data(DataConfig(name="stl10", path=str(tmp_path / "stl"), image_size=48, max_unlabeled=25)))
+    assert (len(stl.pool), len(stl.test), stl.image_size) == (20, 20, 48)
+    assert len(stl.unlabeled) == 20 + 25  # the labeled pool plus the capped unlabeled split

@@ -80,6 +80,11 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     artifacts = {a.path for a in client.list_artifacts(pre.info.run_id, "backbone")}
     assert {"backbone/model.safetensors", "backbone/card.json"} <= artifacts
     assert 0.1 < pre.data.metrics["knn_accuracy"] <= 1.0
+    assert 0.0 < pre.data.metrics["knn_accuracy_random_init"] <= 1.0
+    # the online kNN on a labeled slice of the pool: random init at step 0, then every epoch
+    assert [m.step for m in client.get_metric_history(pre.info.run_id, "knn/accuracy")] == [0, 1, 2]
+    png = Path(client.download_artifacts(pre.info.run_id, "pretraining.png", str(tmp_path))).read_bytes()
+    assert Image.open(io.BytesIO(png)).size[0] > 400
     state = load_file(client.download_artifacts(pre.info.run_id, "backbone/model.safetensors", str(tmp_path)))
     (version,) = client.search_model_versions("name='simclr-small_cnn-digits'")
     assert version.run_id == pre.info.run_id and version.tags["in_channels"] == "1"

@@ -18,10 +18,12 @@ class SimSiam(SSLMethod):
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(self, backbone, *, projection_dim: int = 2048, prediction_dim: int = 512, **base) -> None:
+    def __init__(
+        self, backbone, *, hidden_dim: int = 2048, projection_dim: int = 2048, prediction_dim: int = 512, **base
+    ) -> None:
         super().__init__(backbone, **base)
         dim = backbone.feature_dim
-        self.projection_head = SimSiamProjectionHead(dim, projection_dim, projection_dim)
+        self.projection_head = SimSiamProjectionHead(dim, hidden_dim, projection_dim)
         self.prediction_head = SimSiamPredictionHead(projection_dim, prediction_dim, projection_dim)
         self.criterion = NegativeCosineSimilarity()
 

@@ -1,0 +1,184 @@
+"""labelcurve's pretraining against a bare lightly + Lightning loop, side by side in one run.
+
+    .venv/bin/python benchmarks/vs_lightly.py [--backbone resnet18] [--images 2048] [--epochs 4] [--gpu]
+
+Both train SimCLR on the same images (the CIFAR-10 JPEG copy in ../shared/data, else digits),
+with the same backbone, projection head, loss, augmentations, optimizer, batch size, number of
+steps, threads and DataLoader processes. The bare loop is lightly's own example: a
+LightningModule, a Dataset with ``SimCLRTransform`` and ``pl.Trainer``. labelcurve runs
+:func:`pretrain.train.pretrain`: a Ray Train worker group of one worker with DDP, checkpoints
+and MLflow-free progress reporting, with and without the online kNN. Throughput is images per
+second over the epochs after the first (no start-up, no warm-up); wall time includes start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import ray
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.transforms import SimCLRTransform
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cluster.config import DataConfig, PretrainConfig
+from pretrain.backbones import build_backbone
+from pretrain.data import load_data, plan_data
+from pretrain.train import pretrain
+from pretrain.views import MultiViewDataset
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+LR, MOMENTUM, WEIGHT_DECAY, TEMPERATURE = 0.06, 0.9, 5e-4, 0.5
+
+
+class BareSimCLR(pl.LightningModule):
+    """SimCLR as in lightly's README example."""
+
+    def __init__(self, backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(backbone.feature_dim, backbone.feature_dim, 128)
+        self.criterion = NTXentLoss(temperature=TEMPERATURE)
+
+    def training_step(self, batch, batch_index):
+        z0, z1 = (self.projection_head(self.backbone(x)) for x in batch)
+        return self.criterion(z0, z1)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+class EpochClock(pl.Callback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def load_images(count: int):
+    if SHARED.is_file():
+        folder = Path(tempfile.mkdtemp(prefix="vs-lightly-"))
+        with tarfile.open(SHARED) as archive:
+            archive.extractall(folder, filter="data")
+        per_class = count // 10
+        config = DataConfig(name="folder", path=str(folder / "cifar10"), max_per_class=per_class, max_test_per_class=10)
+        return load_data(plan_data(config)), "CIFAR-10 (shared JPEG copy)"
+    return load_data(plan_data(DataConfig(test_fraction=0.1))), "sklearn digits"
+
+
+def bare_run(data, args, transform, precision: str) -> tuple[float, float]:
+    torch.set_num_threads(args.cpus)
+    torch.manual_seed(0)
+    model = BareSimCLR(build_backbone(args.backbone, data.channels, data.image_size))
+    loader = DataLoader(
+        MultiViewDataset(data.unlabeled.images, transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.loader_workers,
+        persistent_workers=args.loader_workers > 0,
+        pin_memory=args.gpu,
+    )
+    clock = EpochClock()
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="gpu" if args.gpu else "cpu",
+        devices=1,
+        precision=precision,
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    started = time.perf_counter()
+    trainer.fit(model, loader)
+    wall = time.perf_counter() - started
+    return len(loader.dataset) * (args.epochs - 1) / sum(clock.seconds[1:]), wall
+
+
+def labelcurve_run(data, args, storage: str, online_knn: int) -> tuple[float, float]:
+    settings = PretrainConfig(
+        method="simclr",
+        options={"temperature": TEMPERATURE, "projection_dim": 128},
+        backbone=args.backbone,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer="sgd",
+        lr=LR * 256 / args.batch_size,  # labelcurve's lr is per 256 images, scaled to the batch
+        weight_decay=WEIGHT_DECAY,
+        warmup_epochs=0,
+        min_scale=0.08,
+        rotation_degrees=0,
+        horizontal_flip=0.5,
+        color_jitter=0.8,
+        color_jitter_strength=0.5,
+        num_workers=1,
+        use_gpu=args.gpu,
+        resources_per_worker={"CPU": args.cpus, **({"GPU": 1} if args.gpu else {})},
+        loader_workers=args.loader_workers,
+        online_knn=online_knn,
+        checkpoint_every=args.epochs,
+        storage_path=storage,
+    )
+    started = time.perf_counter()
+    result = pretrain(settings.model_dump(), data, name=f"bench-knn{online_knn}", seed=0)
+    return result.images_per_second, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--loader-workers", type=int, default=0)
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+
+    data, source = load_images(args.images)
+    precision = "16-mixed" if args.gpu else "32-true"
+    mean, std = list(data.mean), list(data.std)
+    transform = SimCLRTransform(
+        input_size=data.image_size,
+        min_scale=0.08,
+        cj_prob=0.8,
+        cj_strength=0.5,
+        gaussian_blur=0.0,
+        normalize={"mean": mean, "std": std},
+    )
+    print(
+        f"SimCLR on {len(data.unlabeled)} {source} images at {data.image_size} px, {args.backbone}, "
+        f"batch {args.batch_size}, {args.epochs} epochs, {args.cpus} threads, "
+        f"{args.loader_workers} loader workers, {'GPU ' + precision if args.gpu else 'CPU'}"
+    )
+    ray.init(address="local", num_cpus=args.cpus, num_gpus=1 if args.gpu else 0, include_dashboard=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as storage:
+        rows.append(("bare lightly + Lightning", *bare_run(data, args, transform, precision)))
+        rows.append(("labelcurve pretrain", *labelcurve_run(data, args, storage, online_knn=0)))
+        rows.append(("labelcurve pretrain + online kNN", *labelcurve_run(data, args, storage, online_knn=500)))
+    ray.shutdown()
+    base = rows[0][1]
+    print(f"\n| run | img/s (epochs 2-{args.epochs}) | ratio | wall (s) |\n|---|---|---|---|")
+    for name, rate, wall in rows:
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f} | {wall:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
