@@ -92,3 +92,33 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         cfg = load_config(path)
         assert cfg.pretrain.method in METHODS, path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["pretrain.method=simclrr"], ["unknown method 'simclrr': did you mean 'simclr'?", "valid ones are", "mae"]),
+        (["pretrain.backbone=resnet"], ["unknown backbone 'resnet'", "resnet18, resnet34, resnet50", "vit_small"]),
+        (["pretrain.method=mae"], ["method mae needs one of the backbones vit_tiny, vit_small"]),
+        (["pretrain.options={tau: 0.1}"], ["unknown option 'tau' for method simclr", "temperature, projection_dim"]),
+        (["pretrain.method=byol", "pretrain.options={momentum: high}"], ["option 'momentum'", "valid number"]),
+    ],
+)
+def test_method_backbone_and_option_mistakes_name_the_valid_choices(overrides, fragments):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_backbones_refuse_image_sizes_they_cannot_take():
+    from pretrain.backbones import BackboneError, backbone_options
+
+    assert backbone_options("resnet18", 16) == {"cifar_stem": True}
+    assert backbone_options("resnet50", 224) == {"cifar_stem": False}
+    assert backbone_options("vit_small", 224) == {"patch_size": 16}
+    assert backbone_options("vit_tiny", 32) == {"patch_size": 4}
+    with pytest.raises(BackboneError, match="set pretrain.cifar_stem=true or data.image_size=32"):
+        backbone_options("resnet18", 16, cifar_stem=False)
+    with pytest.raises(BackboneError, match="patch size 5 cannot tile 16 px images"):
+        backbone_options("vit_tiny", 16, patch_size=5)
