@@ -1,6 +1,7 @@
 """labelcurve's pretraining against a bare lightly + Lightning loop, side by side in one run.
 
     .venv/bin/python benchmarks/vs_lightly.py [--backbone resnet18] [--images 2048] [--epochs 4] [--gpu]
+        [--no-dashboard]
 
 Both train SimCLR on the same images (the CIFAR-10 JPEG copy in ../shared/data, else digits),
 with the same backbone, projection head, loss, augmentations, optimizer, batch size, number of
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tarfile
 import tempfile
 import time
@@ -29,9 +29,8 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from cluster.config import DataConfig, PretrainConfig
+from cluster.ray_runtime import connect
 from pretrain.backbones import build_backbone
 from pretrain.data import load_data, plan_data
 from pretrain.train import pretrain
@@ -146,9 +145,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="threads of both loops")
     parser.add_argument("--loader-workers", type=int, default=0)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="start Ray without its dashboard (it competes for CPU on small machines)",
+    )
     args = parser.parse_args()
 
     data, source = load_images(args.images)
@@ -167,7 +171,10 @@ def main() -> None:
         f"batch {args.batch_size}, {args.epochs} epochs, {args.cpus} threads, "
         f"{args.loader_workers} loader workers, {'GPU ' + precision if args.gpu else 'CPU'}"
     )
-    ray.init(address="local", num_cpus=args.cpus, num_gpus=1 if args.gpu else 0, include_dashboard=False)
+    if args.no_dashboard:
+        ray.init(address="local", num_cpus=args.cpus, num_gpus=int(args.gpu), include_dashboard=False)
+    else:
+        connect(None)  # Ray in-process, started as `labelcurve run` starts it
     rows = []
     with tempfile.TemporaryDirectory() as storage:
         rows.append(("bare lightly + Lightning", *bare_run(data, args, transform, precision)))

@@ -9,6 +9,7 @@ tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one run the d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -153,9 +154,19 @@ def _loader_workers(setting: int | None) -> int:
     return max(int(cpus) - 1, 0)
 
 
+def _quiet_report_echo() -> None:
+    """Ray Train 2.x logs every report with its metrics (the loss history) at INFO, under a
+    logger named after its file; progress already has its own line per epoch."""
+    with contextlib.suppress(ImportError):
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_worker(config: dict) -> None:
     log.setLevel(logging.INFO)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
+    _quiet_report_echo()
     p = SimpleNamespace(**config["pretrain"])
     rank = ray.train.get_context().get_world_rank()
     _record_placement(rank, config.get("tracking"))
@@ -192,9 +203,8 @@ def _train_worker(config: dict) -> None:
     trainer = pl.Trainer(
         max_epochs=p.epochs,
         accelerator="gpu" if p.use_gpu else "cpu",
-        devices="auto",
-        strategy=RayDDPStrategy(),
-        plugins=[RayLightningEnvironment()],
+        # one worker needs no DDP: its gradient all-reduce would only copy buckets
+        **({"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()]} if world > 1 else {"devices": 1}),
         callbacks=[_EpochReport(p.checkpoint_every, config.get("tracking"), len(images), knn)],
         precision=("16-mixed" if p.use_gpu else "32-true") if p.precision == "auto" else p.precision,
         sync_batchnorm=p.sync_batchnorm and p.use_gpu and world > 1,  # torch: GPU only
@@ -203,7 +213,8 @@ def _train_worker(config: dict) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer = prepare_trainer(trainer)
+    if world > 1:
+        trainer = prepare_trainer(trainer)
     resume = ray.train.get_checkpoint()
     if resume is None:
         trainer.fit(model, loader)
