@@ -118,7 +118,7 @@ def test_backbones_refuse_image_sizes_they_cannot_take():
     assert backbone_options("resnet50", 224) == {"cifar_stem": False}
     assert backbone_options("vit_small", 224) == {"patch_size": 16}
     assert backbone_options("vit_tiny", 32) == {"patch_size": 4}
-    with pytest.raises(BackboneError, match="set pretrain.cifar_stem=true or data.image_size=32"):
+    with pytest.raises(BackboneError, match=r"set pretrain\.cifar_stem=true or data\.image_size=32"):
         backbone_options("resnet18", 16, cifar_stem=False)
     with pytest.raises(BackboneError, match="patch size 5 cannot tile 16 px images"):
         backbone_options("vit_tiny", 16, patch_size=5)
