@@ -232,17 +232,16 @@ def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
     """A stratified bank/query split of at most ``size`` labeled pool images, normalized."""
     labels = data.pool.labels.numpy()
     index = np.arange(len(labels))
-    if size < len(index):
-        index, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
     try:
+        if size < len(index):
+            index, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
         bank, queries = train_test_split(index, test_size=0.3, stratify=labels[index], random_state=seed)
-    except ValueError:  # fewer than 2 images of some class
+    except ValueError:  # too few images per class for a stratified split: no online kNN
         return None
-    images = normalize(data.pool.images, data.mean, data.std)
     return {
-        "bank": images[bank],
+        "bank": normalize(data.pool.images[bank], data.mean, data.std),
         "bank_labels": labels[bank],
-        "queries": images[queries],
+        "queries": normalize(data.pool.images[queries], data.mean, data.std),
         "query_labels": labels[queries],
     }
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from cluster.config import DataConfig
 from pretrain.data import DataError, load_data, plan_data
@@ -132,3 +133,14 @@ def test_torchvision_cifar10_and_stl10_roots_load_offline(tmp_path, monkeypatch)
     stl = load_data(plan_data(DataConfig(name="stl10", path=str(tmp_path / "stl"), image_size=48, max_unlabeled=25)))
     assert (len(stl.pool), len(stl.test), stl.image_size) == (20, 20, 48)
     assert len(stl.unlabeled) == 20 + 25  # the labeled pool plus the capped unlabeled split
+
+
+def test_online_knn_slice_is_a_stratified_split_of_the_pool_only():
+    from pretrain.train import knn_subset
+
+    data = load_data(plan_data(DataConfig()))
+    knn = knn_subset(data, 200)
+    assert len(knn["bank_labels"]) + len(knn["query_labels"]) == 200
+    assert set(knn["bank_labels"]) == set(knn["query_labels"]) == set(range(10))
+    assert knn["bank"].shape[1:] == (1, 16, 16) and knn["bank"].dtype == torch.float32
+    assert knn_subset(data, 5) is None  # 10 classes cannot be stratified into 5 images
