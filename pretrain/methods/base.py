@@ -22,13 +22,6 @@ from torch import nn
 from pretrain.views import ViewSettings, simclr_views
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` without gradients: the start of an EMA teacher."""
-    teacher = copy.deepcopy(module)
-    deactivate_requires_grad(teacher)
-    return teacher
-
-
 class SSLMethod(pl.LightningModule):
     """Base LightningModule for self-supervised pretraining on batches of views."""
 
@@ -51,6 +44,7 @@ class SSLMethod(pl.LightningModule):
         self.warmup_epochs, self.max_epochs = warmup_epochs, max_epochs
         self.gather_distributed = gather_distributed
         self.ema: tuple[float, float] | None = None  # teacher methods: (start, end) of the EMA momentum
+        self._teachers: list[tuple[nn.Module, nn.Module]] = []
 
     @classmethod
     def transform(cls, views: ViewSettings, **options):
@@ -60,9 +54,12 @@ class SSLMethod(pl.LightningModule):
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(student, teacher) modules whose teacher follows the student by EMA."""
-        return []
+    def follow(self, student: nn.Module, teacher: nn.Module | None = None) -> nn.Module:
+        """An EMA teacher of ``student`` (a frozen copy unless given), updated every step."""
+        teacher = copy.deepcopy(student) if teacher is None else teacher
+        deactivate_requires_grad(teacher)
+        self._teachers.append((student, teacher))
+        return teacher
 
     def momentum(self) -> float:
         """The teacher's EMA momentum now: cosine from ``ema[0]`` to ``ema[1]`` (Grill et al., 2020)."""
@@ -72,7 +69,7 @@ class SSLMethod(pl.LightningModule):
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.ema:
             m = self.momentum()
-            for student, teacher in self.teacher_pairs():
+            for student, teacher in self._teachers:
                 update_momentum(student, teacher, m)
         loss = self.loss(batch)
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch[0]))

@@ -7,7 +7,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
-from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
 
@@ -28,8 +28,8 @@ class BYOL(SSLMethod):
         self.ema = (momentum, 1.0)
         self.projection_head = BYOLProjectionHead(backbone.feature_dim, hidden_dim, projection_dim)
         self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)
-        self.backbone_momentum = frozen_copy(self.backbone)
-        self.projection_head_momentum = frozen_copy(self.projection_head)
+        self.backbone_momentum = self.follow(self.backbone)
+        self.projection_head_momentum = self.follow(self.projection_head)
         self.criterion = NegativeCosineSimilarity()
 
     @classmethod
@@ -47,9 +47,6 @@ class BYOL(SSLMethod):
                 **views.common(),
             ),
         )
-
-    def teacher_pairs(self):
-        return [(self.backbone, self.backbone_momentum), (self.projection_head, self.projection_head_momentum)]
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         predictions = [self.prediction_head(self.projection_head(self.backbone(v))) for v in views]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad
 from lightly.transforms import DINOTransform
-from torch import nn
 
-from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
 
@@ -45,10 +43,9 @@ class DINO(SSLMethod):
             )
 
         self.student_head = head(freeze_last_layer=1)
-        self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_head = head()  # weight-normed layers cannot be deep-copied: build, then copy weights
+        self.teacher_backbone = self.follow(self.backbone)
+        self.teacher_head = self.follow(self.student_head, head())  # weight norm cannot be deep-copied
         self.teacher_head.load_state_dict(self.student_head.state_dict())
-        deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(
             output_dim=output_dim, warmup_teacher_temp_epochs=min(warmup_teacher_temp_epochs, self.max_epochs)
         )
@@ -67,9 +64,6 @@ class DINO(SSLMethod):
             solarization_prob=views.solarize,
             **common,
         )
-
-    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher_backbone), (self.student_head, self.teacher_head)]
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 
-from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.methods.base import SSLMethod
 
 
 class MoCoV2(SSLMethod):
@@ -34,16 +34,13 @@ class MoCoV2(SSLMethod):
         self.ema = (momentum, 1.0)
         dim = backbone.feature_dim
         self.projection_head = MoCoProjectionHead(dim, dim, projection_dim)
-        self.backbone_momentum = frozen_copy(self.backbone)
-        self.projection_head_momentum = frozen_copy(self.projection_head)
+        self.backbone_momentum = self.follow(self.backbone)
+        self.projection_head_momentum = self.follow(self.projection_head)
         self.criterion = NTXentLoss(
             temperature=temperature,
             memory_bank_size=(memory_bank_size, projection_dim),
             gather_distributed=self.gather_distributed,
         )
-
-    def teacher_pairs(self):
-        return [(self.backbone, self.backbone_momentum), (self.projection_head, self.projection_head_momentum)]
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         queries = [self.projection_head(self.backbone(v)) for v in views]

@@ -8,7 +8,7 @@ from lightly.models.modules import MoCoProjectionHead
 from lightly.models.modules.heads import ProjectionHead
 from lightly.utils.dist import gather, rank
 
-from pretrain.methods.base import SSLMethod, frozen_copy
+from pretrain.methods.base import SSLMethod
 
 
 class MoCoV3(SSLMethod):
@@ -41,12 +41,9 @@ class MoCoV3(SSLMethod):
                 (hidden_dim, projection_dim, None, None),
             ]
         )
-        self.backbone_momentum = frozen_copy(self.backbone)
-        self.projection_head_momentum = frozen_copy(self.projection_head)
+        self.backbone_momentum = self.follow(self.backbone)
+        self.projection_head_momentum = self.follow(self.projection_head)
         self.temperature = temperature
-
-    def teacher_pairs(self):
-        return [(self.backbone, self.backbone_momentum), (self.projection_head, self.projection_head_momentum)]
 
     def _contrast(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)
