@@ -27,14 +27,14 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cluster.config import DataConfig, PretrainConfig
 from cluster.ray_runtime import connect
 from pretrain.backbones import build_backbone
 from pretrain.data import load_data, plan_data
 from pretrain.train import pretrain
-from pretrain.views import MultiViewDataset
+from pretrain.views import to_pil
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 LR, MOMENTUM, WEIGHT_DECAY, TEMPERATURE = 0.06, 0.9, 5e-4, 0.5
@@ -55,6 +55,19 @@ class BareSimCLR(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+class MultiViewDataset(Dataset):
+    """Views of in-memory uint8 images, as lightly's README example feeds a DataLoader."""
+
+    def __init__(self, images: torch.Tensor, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(to_pil(self.images[index]))
 
 
 class EpochClock(pl.Callback):
@@ -83,8 +96,9 @@ def bare_run(data, args, transform, precision: str) -> tuple[float, float]:
     torch.set_num_threads(args.cpus)
     torch.manual_seed(0)
     model = BareSimCLR(build_backbone(args.backbone, data.channels, data.image_size))
+    images = data.source.read_many(data.pretraining_items)[0]  # the baseline holds the pool in memory
     loader = DataLoader(
-        MultiViewDataset(data.unlabeled.images, transform),
+        MultiViewDataset(images, transform),
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
@@ -128,8 +142,8 @@ def labelcurve_run(data, args, storage: str, online_knn: int) -> tuple[float, fl
         color_jitter_strength=0.5,
         num_workers=1,
         use_gpu=args.gpu,
-        resources_per_worker={"CPU": args.cpus, **({"GPU": 1} if args.gpu else {})},
-        loader_workers=args.loader_workers,
+        resources_per_worker={"CPU": args.cpus, **({"GPU": 1} if args.gpu else {})} if args.gpu else None,
+        augment_cpus=args.cpus / 2,
         online_knn=online_knn,
         checkpoint_every=args.epochs,
         storage_path=storage,
@@ -167,7 +181,7 @@ def main() -> None:
         normalize={"mean": mean, "std": std},
     )
     print(
-        f"SimCLR on {len(data.unlabeled)} {source} images at {data.image_size} px, {args.backbone}, "
+        f"SimCLR on {len(data.pretraining_items)} {source} images at {data.image_size} px, {args.backbone}, "
         f"batch {args.batch_size}, {args.epochs} epochs, {args.cpus} threads, "
         f"{args.loader_workers} loader workers, {'GPU ' + precision if args.gpu else 'CPU'}"
     )

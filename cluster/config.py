@@ -48,6 +48,10 @@ class DataConfig(_Section):
     max_per_class: int | None = Field(None, ge=1, description="cap on the labeled pool per class")
     max_test_per_class: int | None = Field(None, ge=1, description="cap on the test split per class")
     max_unlabeled: int | None = Field(None, ge=1)
+    max_bad_fraction: float = Field(
+        0.01, ge=0, le=1, description="pretraining stops when more of its images than this fail to decode"
+    )
+    stats_sample: int = Field(10_000, ge=1, description="images sampled for the normalization mean and std")
 
     @model_validator(mode="after")
     def _path_matches_name(self) -> DataConfig:
@@ -92,8 +96,8 @@ class PretrainConfig(_Section):
     online_knn: int = Field(
         1000, ge=0, description="labeled pool images for the kNN accuracy logged every epoch (0: off)"
     )
-    loader_workers: int | None = Field(
-        None, ge=0, description="DataLoader processes per Ray worker; default: the worker's CPUs minus one"
+    augment_cpus: float = Field(
+        0.5, gt=0, le=64, description="CPUs each Ray Data decode+augment task reserves (and a CPU worker)"
     )
     channels_last: bool = Field(True, description="channels-last memory format on GPU (faster convolutions)")
     storage_path: str = "labelcurve-runs"

@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 # Workers start fresh interpreters: keep library deprecation chatter out of the user's console.
-_QUIET_WORKERS = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
+# Ray Data logs every epoch's execution plan at INFO; our own progress line per epoch says enough.
+_QUIET_WORKERS = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_DATA_LOG_LEVEL": "WARNING"}}
 
 
 TOKEN_HELP = (
@@ -54,8 +55,12 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     try:
-        ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS)
+        # In-process on a small machine, Ray would stop idle worker processes beyond one per CPU;
+        # Ray Data's decode and augment tasks would then re-import torch every epoch.
+        local = {} if address else {"_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4}}
+        ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS, **local)
     except AuthenticationError:
         raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:

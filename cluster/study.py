@@ -7,6 +7,7 @@ or any image is decoded; :func:`run_study` then spends the compute.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, summary_table
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
-from pretrain.backbones import backbone_options, build_backbone, embed
+from pretrain.backbones import backbone_options, build_backbone, embed_items
 from pretrain.checkpoint import (
     ARTIFACT_DIR,
     BackboneCard,
@@ -37,8 +38,8 @@ from pretrain.checkpoint import (
 )
 from pretrain.data import DataPlan, StudyData, load_data, plan_data
 from pretrain.knn import knn_accuracy
+from pretrain.manifest import POOL, TEST, to_parquet
 from pretrain.train import pretrain
-from pretrain.views import normalize
 
 
 @dataclass
@@ -63,13 +64,13 @@ class Prepared:
     transfer: tuple[dict, BackboneCard] | None = None
 
 
-def prepare(cfg: StudyConfig) -> Prepared:
+def prepare(cfg: StudyConfig, progress=None) -> Prepared:
     """All bad-input checks, cheap: tracking store reachable, data present, budgets possible,
     and a transfer backbone that exists and fits the data."""
     uri = tracking_uri()
     check_tracking_server(uri)
     check_ray_address(cfg.ray.address)
-    plan = plan_data(cfg.data)
+    plan = plan_data(cfg.data, progress)
     backbone_options(cfg.pretrain.backbone, plan.image_size, cfg.pretrain.cifar_stem, cfg.pretrain.patch_size)
     check_budgets(cfg.finetune.budgets, plan.class_counts())
     prepared = Prepared(uri, plan)
@@ -125,9 +126,8 @@ def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: 
 
 def _test_knn(backbone, data: StudyData) -> float:
     """kNN accuracy on the test split with the labeled pool as the bank."""
-    pool = embed(backbone, normalize(data.pool.images, data.mean, data.std))
-    test = embed(backbone, normalize(data.test.images, data.mean, data.std))
-    return knn_accuracy(pool, data.pool.labels.numpy(), test, data.test.labels.numpy())
+    pool, test = (embed_items(backbone, data.source, data.items(s), data.mean, data.std) for s in (POOL, TEST))
+    return knn_accuracy(pool, data.labels(POOL), test, data.labels(TEST))
 
 
 def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console: Console) -> dict:
@@ -142,16 +142,17 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     run_id = tracker.start_child(parent, PRETRAIN, PRETRAIN, f"pretrain-{cfg.pretrain.method}", params, previous)
     p = cfg.pretrain
     console.print(
-        f"pretraining: {p.method} on {len(data.unlabeled)} images, {p.num_workers} Ray Train workers, "
+        f"pretraining: {p.method} on {len(data.pretraining_items)} images, {p.num_workers} Ray Train workers, "
         f"{p.epochs} epochs (MLflow run {run_id})"
     )
     try:
         result = pretrain(
             p.model_dump(),
             data,
-            name=f"{cfg.study}-{cfg.fingerprint('data', 'pretrain')}",
+            name=f"{cfg.study}-{cfg.fingerprint('data', 'pretrain')}-{data.digest}",
             seed=cfg.seed,
             tracking={"uri": tracker.uri, "run_id": run_id},
+            max_bad_fraction=cfg.data.max_bad_fraction,
         )
     except BaseException:
         tracker.finish(run_id, "FAILED")
@@ -166,6 +167,7 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     }
     if result.images_per_second:
         metrics["images_per_second"] = result.images_per_second
+    metrics["unreadable_images"] = result.bad_images
     tracker.log_metrics(run_id, metrics)
     if result.losses:
         title = f"{p.method} / {p.backbone} on {_dataset_name(cfg)}"
@@ -229,19 +231,25 @@ def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) ->
 def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     """Run (or resume) the study described by ``cfg``; returns the summary."""
     console = console or make_console()
-    prepared = prepare(cfg)
+    with _data_progress(console) as progress:
+        prepared = prepare(cfg, progress)
     if prepared.init:  # the fingerprint names the concrete version, not a moving alias
         cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init": prepared.init})})
-    data = load_data(prepared.plan)
-    if data.skipped:
-        console.print(f"[yellow]skipped {data.skipped} unreadable images[/yellow]")
-    console.print(
-        f"data: {prepared.plan.source}: {len(data.classes)} classes, labeled pool {len(data.pool)}, "
-        f"test {len(data.test)}, pretraining pool {len(data.unlabeled)}"
-    )
+    with _data_progress(console) as progress:
+        data = load_data(prepared.plan, progress, cfg.data.stats_sample, cfg.data.split_seed)
+    _report_data(console, prepared.plan, data)
+    check_budgets(cfg.finetune.budgets, data.class_counts())  # on what decoded, not on what was listed
     use_store(prepared.uri)
     tracker = StudyTracker(prepared.uri, cfg.study)
-    parent, resumed = tracker.open_parent(cfg.fingerprint("data", "pretrain", "finetune"), cfg.model_dump(mode="json"))
+    config_fingerprint = cfg.fingerprint("data", "pretrain", "finetune")
+    parent, resumed = tracker.open_parent(config_fingerprint, data.digest, cfg.model_dump(mode="json"))
+    if not resumed:
+        tracker.log_artifacts(parent, {"manifest.parquet": to_parquet(prepared.plan.frame)})
+        if (earlier := tracker.parent_with_other_data(config_fingerprint, data.digest)) is not None:
+            console.print(
+                f"[yellow]data changed since study run {earlier} (files added, removed or modified): "
+                "starting a new study run[/yellow]"
+            )
     tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
     console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
     try:
@@ -255,7 +263,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
         if todo:
             connect(cfg.ray.address)
             starts = _starts(cfg, data, todo, tracker, parent, prepared, console)
-            inputs = SweepInputs(data.pool.labels.numpy(), data.test.labels.numpy(), len(data.classes), starts)
+            inputs = SweepInputs.of(data, starts)
             settings = cfg.finetune.model_dump()
             columns = [
                 TextColumn("sweep"),
@@ -286,6 +294,42 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     _print_table(console, table, cfg.study)
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
     return StudyOutcome(parent, tracker.experiment_id, table, frame, len(todo), skipped)
+
+
+@contextmanager
+def _data_progress(console: Console):
+    """Progress bars for listing, verifying and sampling images: minutes on large folders."""
+    columns = [TextColumn("data: {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(step: str, n: int, total: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], advance=n)
+
+        yield advance
+
+
+def _report_data(console: Console, plan: DataPlan, data: StudyData) -> None:
+    """One line on the splits; one line per thing that was dropped, with the count and why."""
+    counts = data.frame.split.value_counts()
+    console.print(
+        f"data: {data.description}: {len(data.classes)} classes, labeled pool {counts.get(POOL, 0)}, "
+        f"test {counts.get(TEST, 0)}, pretraining pool {len(data.pretraining_items)} (manifest {data.digest})"
+    )
+    if plan.duplicates:
+        console.print(
+            f"[yellow]data: {plan.duplicates} files listed twice through symbolic links, counted once[/yellow]"
+        )
+    if data.skipped:
+        first = ", ".join(data.skipped_files[:3])
+        console.print(f"[yellow]data: skipped {data.skipped} unreadable labeled or test images ({first})[/yellow]")
+    if data.leaked:
+        console.print(
+            f"[yellow]data: {data.leaked} test images are also in the pool (same file or same pixels): "
+            "left out of the test split[/yellow]"
+        )
 
 
 def _print_table(console: Console, table, study: str) -> None:

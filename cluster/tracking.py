@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
-N_CLASSES = "labelcurve.n_classes"
+N_CLASSES, DATA = "labelcurve.n_classes", "labelcurve.data_digest"
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
@@ -87,18 +87,26 @@ class StudyTracker:
             raise TrackingError(f"study '{self.study}' has no study run: run `labelcurve run` first")
         return found[-1].info.run_id
 
-    def open_parent(self, fingerprint: str, config: dict) -> tuple[str, bool]:
-        """The study's parent run id, and whether it was resumed rather than created."""
-        found = self._search(f"tags.`{ROLE}` = '{STUDY}'", f"tags.`{FINGERPRINT}` = '{fingerprint}'")
+    def open_parent(self, fingerprint: str, data_digest: str, config: dict) -> tuple[str, bool]:
+        """The study's parent run id for this config and data, and whether it was resumed."""
+        found = self._search(
+            f"tags.`{ROLE}` = '{STUDY}'", f"tags.`{FINGERPRINT}` = '{fingerprint}'", f"tags.`{DATA}` = '{data_digest}'"
+        )
         if found:
             run_id = found[-1].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
         run = self.client.create_run(
-            self.experiment_id, run_name=self.study, tags={ROLE: STUDY, FINGERPRINT: fingerprint}
+            self.experiment_id, run_name=self.study, tags={ROLE: STUDY, FINGERPRINT: fingerprint, DATA: data_digest}
         )
         self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in _flatten(config).items()])
         return run.info.run_id, False
+
+    def parent_with_other_data(self, fingerprint: str, data_digest: str) -> str | None:
+        """The latest study run with this config but another manifest: the data changed."""
+        found = self._search(f"tags.`{ROLE}` = '{STUDY}'", f"tags.`{FINGERPRINT}` = '{fingerprint}'")
+        other = [r for r in found if r.data.tags.get(DATA) != data_digest]
+        return other[-1].info.run_id if other else None
 
     def children(self, parent_id: str, role: str) -> dict[str, object]:
         """Child runs by run key; a FINISHED run wins over an unfinished one of the same key."""

@@ -15,9 +15,11 @@ from sklearn.metrics import accuracy_score, f1_score
 from finetune.arms import BY_NAME, LINEAR
 from finetune.budgets import Budget, subset_indices
 from finetune.heads import fine_tune, linear_probe, predict
-from pretrain.backbones import build_backbone, embed
+from pretrain.backbones import build_backbone, embed_items
 from pretrain.data import StudyData
-from pretrain.views import EvalTransform
+from pretrain.images import ImageSource
+from pretrain.manifest import POOL, TEST
+from pretrain.views import normalize
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,10 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Start:
-    """One starting point: its backbone, weights (None = random init) and its view of the data.
+    """One starting point: its backbone, weights (None = random init) and its normalization.
 
     Each start normalizes with the statistics its backbone was pretrained with; frozen-feature
-    embeddings are computed once here and shared by every linear-probe run through Ray.
+    embeddings are computed once by batched inference and shared by every linear-probe run.
     """
 
     backbone: str
@@ -55,8 +57,8 @@ class Start:
     image_size: int
     options: dict
     state: dict[str, torch.Tensor] | None
-    pool_x: torch.Tensor
-    test_x: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     pool_features: np.ndarray | None = None
     test_features: np.ndarray | None = None
 
@@ -70,10 +72,31 @@ class Start:
 
 @dataclass(frozen=True)
 class SweepInputs:
+    """What every run reads: labels and item names (not images) of the pool and the test split."""
+
+    pool_items: list[str]
     pool_y: np.ndarray
+    test_items: list[str]
     test_y: np.ndarray
     n_classes: int
     starts: dict[str, Start]
+    source: ImageSource
+
+    @classmethod
+    def of(cls, data: StudyData, starts: dict[str, Start]) -> SweepInputs:
+        return cls(
+            data.items(POOL),
+            data.labels(POOL),
+            data.items(TEST),
+            data.labels(TEST),
+            len(data.classes),
+            starts,
+            data.source,
+        )
+
+    def images(self, items: list[str], start: Start) -> torch.Tensor:
+        """The images of ``items`` decoded and normalized for ``start``."""
+        return normalize(self.source.read_many(items)[0], start.mean, start.std)
 
 
 def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSpec]:
@@ -82,13 +105,13 @@ def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSp
 
 
 def make_start(data: StudyData, backbone: str, options: dict, state: dict | None, mean, std, linear: bool) -> Start:
-    """A start over the study's images, normalized with the statistics the backbone was trained with."""
-    view = EvalTransform(data.image_size, data.channels, mean, std)
-    pool_x, test_x = view(data.pool.images), view(data.test.images)
-    start = Start(backbone, data.channels, data.image_size, options, state, pool_x, test_x)
+    """A start normalized with the statistics its backbone was trained with; for a linear probe,
+    the frozen embeddings of the pool and the test split, computed once."""
+    start = Start(backbone, data.channels, data.image_size, options, state, tuple(mean), tuple(std))
     if linear and state is not None:
         frozen = start.build()
-        return replace(start, pool_features=embed(frozen, pool_x), test_features=embed(frozen, test_x))
+        pool, test = (embed_items(frozen, data.source, data.items(s), mean, std) for s in (POOL, TEST))
+        return replace(start, pool_features=pool, test_features=test)
     return start
 
 
@@ -107,7 +130,7 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
         model = fine_tune(
             start.build(),
             inputs.n_classes,
-            start.pool_x[index],
+            inputs.images([inputs.pool_items[i] for i in index], start),
             torch.as_tensor(inputs.pool_y[index]),
             steps=settings["steps"],
             batch_size=settings["batch_size"],
@@ -115,7 +138,12 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
             weight_decay=settings["weight_decay"],
             seed=spec.seed,
         )
-        predictions = predict(model, start.test_x)
+        predictions = np.concatenate(
+            [
+                predict(model, inputs.images(inputs.test_items[i : i + 512], start))
+                for i in range(0, len(inputs.test_y), 512)
+            ]
+        )
     seconds = time.perf_counter() - started
     return RunResult(
         spec,

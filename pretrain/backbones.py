@@ -192,3 +192,17 @@ def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512) -> n
     backbone.eval()
     device = next(backbone.parameters()).device
     return torch.cat([backbone(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)]).numpy()
+
+
+def embed_items(backbone: nn.Module, source, items: list[str], mean, std, batch_size: int = 512) -> np.ndarray:
+    """Features of image ``items`` by batched inference: decoded, normalized and embedded one
+    batch at a time, so memory holds one batch of images, never the set."""
+    from pretrain.views import normalize
+
+    features = []
+    for start in range(0, len(items), batch_size):
+        images, ok = source.read_many(items[start : start + batch_size])
+        if not ok.all():
+            raise OSError(f"image {items[start + int(np.argmin(ok))]} can no longer be decoded: restore it and re-run")
+        features.append(embed(backbone, normalize(images, mean, std), batch_size))
+    return np.concatenate(features) if features else np.zeros((0, backbone.feature_dim), np.float32)

@@ -1,157 +1,183 @@
-"""Image sources and the fixed splits of a study.
+"""The images of a study and its fixed splits, as a manifest: no process holds the pool.
 
-Loading happens in two steps so that bad input fails before compute: :func:`plan_data` only
-lists files and draws the split (cheap, raises :class:`DataError`), :func:`load_data` decodes.
-Images are kept in memory as uint8 ``N x C x H x W`` tensors: the sizes this platform runs on a
-CPU fit easily, and Ray ships them to workers once through the object store.
+Two steps, so that bad input fails before compute: :func:`plan_data` lists the files and draws
+the split (raises :class:`DataError`); :func:`load_data` decodes the labeled pool and the test
+split once to verify them (unreadable files skipped and counted, leakage between pool and test
+removed) and estimates the normalization from a fixed-size sample. The pretraining pool is
+never decoded here: it is streamed through Ray Data during pretraining (:mod:`pretrain.stream`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+import pandas as pd
+from pyarrow import fs
 from sklearn.model_selection import train_test_split
+
+from pretrain.images import ImageSource
+from pretrain.manifest import POOL, TEST, UNLABELED, ListingError, Location, digest, relative
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-#: torchvision datasets: name -> (class name, folder inside data.path, display name)
+#: torchvision datasets: name -> (folder inside data.path, display name)
 TORCHVISION_DATASETS = {
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", "CIFAR-10"),
-    "cifar100": ("CIFAR100", "cifar-100-python", "CIFAR-100"),
-    "stl10": ("STL10", "stl10_binary", "STL-10"),
+    "cifar10": ("cifar-10-batches-py", "CIFAR-10"),
+    "cifar100": ("cifar-100-python", "CIFAR-100"),
+    "stl10": ("stl10_binary", "STL-10"),
 }
+STATS_SAMPLE = 10_000
+
+Progress = Callable[[str, int, int | None], None]  # (step, advance, total)
 
 
 class DataError(ValueError):
     """A data problem, phrased as one line for the user."""
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    """Decoded images (uint8, N x C x H x W) with labels (-1 where unknown)."""
+@dataclass
+class DataPlan:
+    """What a study will use, listed but not decoded: the manifest and how to decode its items."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    classes: tuple[str, ...]
+    frame: pd.DataFrame  # item, label (-1: none), split (pool/test/unlabeled), size, mtime
+    source: ImageSource
+    description: str = ""
+    duplicates: int = 0  # files listed twice through symlinks, dropped
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def split(self, name: str) -> pd.DataFrame:
+        return self.frame[self.frame.split == name]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.split(POOL).label.to_numpy(), minlength=len(self.classes))
+        return dict(zip(self.classes, counts.tolist(), strict=True))
+
+    @property
+    def digest(self) -> str:
+        return digest(self.frame)
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
 
 
 @dataclass(frozen=True)
 class StudyData:
-    """The three sets of a study: labeled pool, held-out test split, pretraining pool."""
+    """A verified plan: readable items only, normalization statistics, what was dropped and why."""
 
     classes: tuple[str, ...]
-    pool: ImageSet
-    test: ImageSet
-    unlabeled: ImageSet
+    frame: pd.DataFrame
+    source: ImageSource
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    skipped: int = 0
+    description: str = ""
+    digest: str = ""
+    skipped: int = 0  # unreadable labeled or test images
+    leaked: int = 0  # test images also in the pool (same file or same pixels), left out of the test split
+    skipped_files: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
-        return self.pool.images.shape[1]
+        return self.source.channels
 
     @property
     def image_size(self) -> int:
-        return self.pool.images.shape[-1]
+        return self.source.image_size
 
+    def items(self, split: str) -> list[str]:
+        return self.frame.item[self.frame.split == split].tolist()
 
-class _Reader(Protocol):
-    def read(self, item: object) -> np.ndarray | None: ...
+    def labels(self, split: str) -> np.ndarray:
+        return self.frame.label[self.frame.split == split].to_numpy(np.int64)
 
-
-@dataclass
-class DataPlan:
-    """What a study will load: items per split and their labels, not yet decoded."""
-
-    classes: tuple[str, ...]
-    pool: list[object]
-    pool_labels: np.ndarray
-    test: list[object]
-    test_labels: np.ndarray
-    extra_unlabeled: list[object]
-    reader: _Reader
-    image_size: int
-    channels: int
-    source: str = field(default="")
+    @property
+    def pretraining_items(self) -> list[str]:
+        """The pretraining pool: the labeled pool (its labels unused) and any extra unlabeled images."""
+        return self.frame.item[self.frame.split != TEST].tolist()
 
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.pool_labels, minlength=len(self.classes))
+        counts = np.bincount(self.labels(POOL), minlength=len(self.classes))
         return dict(zip(self.classes, counts.tolist(), strict=True))
 
 
-class _DigitsReader:
-    """scikit-learn's 8x8 digits (values 0..16), shipped with the library: no download."""
-
-    def __init__(self) -> None:
-        from sklearn.datasets import load_digits
-
-        self.images = load_digits().images
-
-    def read(self, item: object) -> np.ndarray:
-        return (self.images[int(item)] * (255.0 / 16.0)).astype(np.uint8)[None]
-
-
-class _FileReader:
-    """Decodes one image file with PIL; unreadable files give ``None`` (counted, skipped)."""
-
-    def __init__(self, channels: int) -> None:
-        self.mode = "L" if channels == 1 else "RGB"
-
-    def read(self, item: object) -> np.ndarray | None:
-        try:
-            with Image.open(item) as image:
-                array = np.asarray(image.convert(self.mode))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            log.warning("skipping unreadable image %s (%s)", item, error)
-            return None
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+def _location(where: str, key: str) -> Location:
+    try:
+        location = Location.parse(where, key)
+        kind = location.kind(location.path)
+    except ListingError as error:
+        raise DataError(str(error)) from None
+    if kind != fs.FileType.Directory:
+        raise DataError(f"{key} '{where}' does not exist: point it at an ImageFolder root")
+    return location
 
 
-class _ArrayReader:
-    """Images of a torchvision dataset held as arrays; an item is ``(split, index)``."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], channels: int) -> None:
-        self.arrays, self.channels, self.files = arrays, channels, _FileReader(channels)
-
-    def read(self, item: object) -> np.ndarray | None:
-        if isinstance(item, Path):  # data.unlabeled_path beside a torchvision dataset
-            return self.files.read(item)
-        split, index = item
-        image = np.array(self.arrays[split][index])  # C x H x W uint8, a writable copy
-        if self.channels == 1 and image.shape[0] == 3:
-            return np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"))[None]
-        return image
+def _without_symlink_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Local files reached twice (a class folder linked to an ancestor) count once: the copy
+    whose listed path is its real path wins, so it keeps its true class."""
+    local = ~frame.item.str.contains("://", regex=False)
+    if not local.any():
+        return frame, 0
+    real = frame.item.where(~local, frame.item[local].map(os.path.realpath))
+    canonical = (real == frame.item).astype(int)
+    order = frame.assign(_real=real, _canonical=canonical).sort_values(["_real", "_canonical"], ascending=[True, False])
+    kept = order.drop_duplicates("_real").drop(columns=["_real", "_canonical"]).sort_index()
+    return kept, len(frame) - len(kept)
 
 
-def _torchvision_dataset(cfg) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Classes, images (C x H x W) and labels per split of a torchvision dataset in ``data.path``.
+def _folder_frame(root: Location, progress: Progress | None) -> tuple[tuple[str, ...], pd.DataFrame, int]:
+    """An ImageFolder root: ``<class>/...`` or ``train/<class>/...`` (+ ``test/<class>/...``)."""
+    step = (lambda n: progress("listing", n, None)) if progress else None
+    frame = root.images(root.path, step)
+    frame, duplicates = _without_symlink_duplicates(frame)
+    parts = relative(frame.item, root).str.split("/")
+    has_split = "train" in root.folders(root.path)
+    if has_split:
+        top = parts.str[0]
+        frame = frame[top.isin(["train", "test"]) & (parts.str.len() >= 3)]
+        parts = parts[frame.index]
+        split = np.where(parts.str[0] == "train", POOL, TEST)
+        class_name = parts.str[1]
+    else:
+        frame = frame[parts.str.len() >= 2]
+        parts = parts[frame.index]
+        split = np.full(len(frame), POOL)
+        class_name = parts.str[0]
+    frame = frame.assign(split=split, _class=class_name.to_numpy())
+    classes = tuple(sorted(frame._class[frame.split == POOL].unique()))
+    if not classes:
+        where = root.item(root.path + ("/train" if has_split else ""))
+        raise DataError(f"no images found under '{where}': expected {where}/<class>/<image> files")
+    unknown = set(frame._class[frame.split == TEST]) - set(classes)
+    if unknown:
+        raise DataError(f"test classes {sorted(unknown)} have no train folder: add or remove them")
+    frame = frame.assign(label=frame._class.map({c: i for i, c in enumerate(classes)}).astype(np.int64))
+    return classes, frame.drop(columns="_class").reset_index(drop=True), duplicates
 
-    Offline, the files must already be there (torchvision checks their MD5 sums); with
-    ``data.download=true`` torchvision fetches what is missing.
-    """
+
+def _torchvision_frame(cfg) -> tuple[tuple[str, ...], pd.DataFrame]:
+    """Items and labels of a torchvision dataset in ``data.path``; offline, the files must be there."""
     import torchvision.datasets
 
-    class_name, folder, title = TORCHVISION_DATASETS[cfg.name]
+    from pretrain.images import _TORCHVISION
+
+    folder, title = TORCHVISION_DATASETS[cfg.name]
     root = Path(cfg.path).expanduser()
-    dataset = getattr(torchvision.datasets, class_name)
-    splits = {"train": {"split": "train"}, "test": {"split": "test"}, "unlabeled": {"split": "unlabeled"}}
-    if cfg.name != "stl10":
-        splits = {"train": {"train": True}, "test": {"train": False}}
-    arrays, labels, classes = {}, {}, ()
-    for split, kwargs in splits.items():
+    dataset = getattr(torchvision.datasets, _TORCHVISION[cfg.name])
+    splits = {POOL: "train", TEST: "test"}
+    rows, classes = [], ()
+    for split, name in splits.items():
+        kwargs = {"split": name} if cfg.name == "stl10" else {"train": name == "train"}
         try:
             data = dataset(str(root), download=cfg.download, **kwargs)
         except RuntimeError as error:
@@ -165,180 +191,168 @@ def _torchvision_dataset(cfg) -> tuple[tuple[str, ...], dict[str, np.ndarray], d
             raise DataError(
                 f"downloading {title} into '{root}' failed ({error}): copy the files there and set data.download=false"
             ) from None
-        images = np.asarray(data.data)
-        arrays[split] = images.transpose(0, 3, 1, 2) if images.shape[-1] == 3 else images
-        labels[split] = np.asarray(data.targets if hasattr(data, "targets") else data.labels, dtype=np.int64)
+        labels = np.asarray(data.targets if hasattr(data, "targets") else data.labels, dtype=np.int64)
+        rows.append(pd.DataFrame({"item": [f"{cfg.name}:{name}:{i}" for i in range(len(labels))], "label": labels}))
+        rows[-1]["split"] = split
         classes = classes or tuple(data.classes)
-    return classes, arrays, labels
+    if cfg.name == "stl10" and not cfg.unlabeled_path:  # STL-10's 100,000 unlabeled images
+        n = (root / folder / "unlabeled_X.bin").stat().st_size // (3 * 96 * 96)
+        rows.append(pd.DataFrame({"item": [f"stl10:unlabeled:{i}" for i in range(n)], "label": -1, "split": UNLABELED}))
+    return classes, pd.concat(rows, ignore_index=True)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _per_class_cap(frame: pd.DataFrame, split: str, cap: int | None, seed: int) -> pd.DataFrame:
+    """At most ``cap`` items per class of ``split``, chosen reproducibly from ``seed``."""
+    part = frame[frame.split == split]
+    if cap is None or part.empty:
+        return frame
+    shuffled = part.sample(frac=1.0, random_state=seed)
+    keep = shuffled.groupby("label", sort=False).head(cap).index
+    return frame.drop(part.index.difference(keep))
 
 
-def _class_folders(root: Path) -> dict[str, list[Path]]:
-    classes = {d.name: _image_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
-    return {name: files for name, files in classes.items() if files}
-
-
-def _scan_folder(path: str) -> tuple[tuple[str, ...], list[Path], np.ndarray, list[Path], np.ndarray]:
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path '{path}' does not exist: point it at an ImageFolder root")
-    train_root = root / "train" if (root / "train").is_dir() else root
-    by_class = _class_folders(train_root)
-    if not by_class:
-        raise DataError(
-            f"no images found under '{train_root}': expected {train_root}/<class>/<image> files "
-            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    classes = tuple(by_class)
-    files = [f for name in classes for f in by_class[name]]
-    labels = np.array([i for i, name in enumerate(classes) for _ in by_class[name]], dtype=np.int64)
-    test_files: list[Path] = []
-    test_labels = np.zeros(0, dtype=np.int64)
-    if (root / "test").is_dir() and train_root != root:
-        test_by_class = _class_folders(root / "test")
-        unknown = set(test_by_class) - set(classes)
-        if unknown:
-            raise DataError(f"test classes {sorted(unknown)} have no train folder: add or remove them")
-        test_files = [f for name in classes for f in test_by_class.get(name, [])]
-        test_labels = np.array(
-            [i for i, name in enumerate(classes) for _ in test_by_class.get(name, [])], dtype=np.int64
-        )
-    return classes, files, labels, test_files, test_labels
-
-
-def _per_class_cap(items: list, labels: np.ndarray, cap: int | None, seed: int) -> tuple[list, np.ndarray]:
-    """Keep at most ``cap`` items per class, chosen reproducibly from ``seed``."""
-    if cap is None:
-        return items, labels
-    order = np.random.default_rng(seed).permutation(len(items))
-    keep = sorted(i for c in np.unique(labels) for i in order[labels[order] == c][:cap])
-    return [items[i] for i in keep], labels[keep]
-
-
-def _keep_classes(wanted, classes, items, labels, test_items, test_labels):
-    """Only the ``wanted`` classes, relabeled 0..k-1 in the order given."""
+def _keep_classes(wanted: list[str], classes: tuple[str, ...], frame: pd.DataFrame) -> pd.DataFrame:
     unknown = [c for c in wanted if c not in classes]
     if unknown:
         raise DataError(f"data.classes {unknown} not in the data: its classes are {', '.join(classes)}")
-    old = [classes.index(c) for c in wanted]
-    relabel = {o: i for i, o in enumerate(old)}
-
-    def keep(xs, ys):
-        kept = [i for i, y in enumerate(ys) if int(y) in relabel]
-        return [xs[i] for i in kept], np.array([relabel[int(ys[i])] for i in kept], dtype=np.int64)
-
-    items, labels = keep(items, labels)
-    test_items, test_labels = keep(test_items, test_labels)
-    return tuple(wanted), items, labels, test_items, test_labels
+    relabel = {classes.index(c): i for i, c in enumerate(wanted)}
+    labeled = frame[frame.label.isin(list(relabel))]
+    return labeled.assign(label=labeled.label.map(relabel).astype(np.int64))
 
 
-def plan_data(cfg) -> DataPlan:
+def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
     """List items and draw the fixed stratified test split; no image is decoded here.
 
     ``cfg`` is a :class:`cluster.config.DataConfig` (any object with the same fields).
     """
+    duplicates = 0
     if cfg.name == "digits":
-        reader: _Reader = _DigitsReader()
         from sklearn.datasets import load_digits
 
         labels = load_digits().target.astype(np.int64)
+        frame = pd.DataFrame({"item": [f"digits:{i}" for i in range(len(labels))], "label": labels, "split": POOL})
         classes = tuple(str(c) for c in range(10))
-        items: list[object] = list(range(len(labels)))
-        test_items: list[object] = []
-        test_labels = np.zeros(0, dtype=np.int64)
-        size, channels, source = cfg.image_size or 16, 1, "sklearn digits"
+        source, description = ImageSource(cfg.image_size or 16, 1), "sklearn digits"
     elif cfg.name in TORCHVISION_DATASETS:
-        classes, arrays, split_labels = _torchvision_dataset(cfg)
-        items, labels = [("train", i) for i in range(len(split_labels["train"]))], split_labels["train"]
-        test_items, test_labels = [("test", i) for i in range(len(split_labels["test"]))], split_labels["test"]
-        channels = cfg.channels or 3
-        size, reader = cfg.image_size or arrays["train"].shape[-1], _ArrayReader(arrays, channels)
-        source = f"{TORCHVISION_DATASETS[cfg.name][2]} in {Path(cfg.path).expanduser().resolve()}"
+        classes, frame = _torchvision_frame(cfg)
+        native = 96 if cfg.name == "stl10" else 32
+        root = str(Path(cfg.path).expanduser().resolve())
+        source = ImageSource(cfg.image_size or native, cfg.channels or 3, root)
+        description = f"{TORCHVISION_DATASETS[cfg.name][1]} in {root}"
     else:
-        classes, items, labels, test_items, test_labels = _scan_folder(cfg.path)
-        size, channels = cfg.image_size or 32, cfg.channels or 3
-        reader, source = _FileReader(channels), str(Path(cfg.path).expanduser().resolve())
+        root = _location(cfg.path, "data.path")
+        classes, frame, duplicates = _folder_frame(root, progress)
+        source, description = ImageSource(cfg.image_size or 32, cfg.channels or 3), root.item(root.path)
+    frame = frame.reindex(columns=["item", "label", "split", "size", "mtime"]).fillna({"size": 0, "mtime": 0})
+    frame = frame.astype({"size": np.int64, "mtime": np.int64, "label": np.int64})
     if cfg.classes:
-        classes, items, labels, test_items, test_labels = _keep_classes(
-            cfg.classes, classes, list(items), np.asarray(labels), list(test_items), np.asarray(test_labels)
-        )
-    if not test_items:
-        if np.bincount(labels).min() < 2:
+        labeled = _keep_classes(cfg.classes, classes, frame[frame.split != UNLABELED])
+        frame = pd.concat([labeled, frame[frame.split == UNLABELED]], ignore_index=True)
+        classes = tuple(cfg.classes)
+    if not (frame.split == TEST).any():
+        pool = frame[frame.split == POOL]
+        if np.bincount(pool.label).min() < 2:
             raise DataError("a class has fewer than 2 images: a stratified test split needs at least 2")
-        items, test_items, labels, test_labels = train_test_split(
-            items, labels, test_size=cfg.test_fraction, stratify=labels, random_state=cfg.split_seed
+        _, test_index = train_test_split(
+            pool.index, test_size=cfg.test_fraction, stratify=pool.label, random_state=cfg.split_seed
         )
-    items, labels = _per_class_cap(list(items), np.asarray(labels), cfg.max_per_class, cfg.split_seed)
-    test_items, test_labels = _per_class_cap(
-        list(test_items), np.asarray(test_labels), cfg.max_test_per_class, cfg.split_seed
-    )
-    extra: list[object] = []
-    if cfg.name == "stl10" and not cfg.unlabeled_path:  # STL-10's 100,000 unlabeled images
-        extra = [("unlabeled", i) for i in range(len(reader.arrays["unlabeled"]))]
+        frame.loc[test_index, "split"] = TEST
+    frame = _per_class_cap(frame, POOL, cfg.max_per_class, cfg.split_seed)
+    frame = _per_class_cap(frame, TEST, cfg.max_test_per_class, cfg.split_seed)
     if cfg.unlabeled_path:
-        folder = Path(cfg.unlabeled_path).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"data.unlabeled_path '{cfg.unlabeled_path}' does not exist: fix or remove it")
-        extra = _image_files(folder)
-        if not extra:
-            raise DataError(f"no images found under data.unlabeled_path '{folder}': add images or remove it")
+        extra_root = _location(cfg.unlabeled_path, "data.unlabeled_path")
+        step = (lambda n: progress("listing", n, None)) if progress else None
+        extra = extra_root.images(extra_root.path, step).assign(label=-1, split=UNLABELED)
+        if extra.empty:
+            raise DataError(
+                f"no images found under data.unlabeled_path '{cfg.unlabeled_path}': add images or remove it"
+            )
+        frame = pd.concat([frame[frame.split != UNLABELED], extra[frame.columns]], ignore_index=True)
+    extra = frame[frame.split == UNLABELED]
     if cfg.max_unlabeled is not None and len(extra) > cfg.max_unlabeled:
         keep = np.random.default_rng(cfg.split_seed).choice(len(extra), cfg.max_unlabeled, replace=False)
-        extra = [extra[i] for i in sorted(keep)]
-    return DataPlan(
-        classes=classes,
-        pool=list(items),
-        pool_labels=np.asarray(labels),
-        test=list(test_items),
-        test_labels=np.asarray(test_labels),
-        extra_unlabeled=extra,
-        reader=reader,
-        image_size=size,
-        channels=channels,
-        source=source,
+        frame = frame.drop(extra.index.delete(keep))
+    order = frame.split.map({POOL: 0, TEST: 1, UNLABELED: 2})
+    frame = frame.assign(_order=order).sort_values(["_order", "item"]).drop(columns="_order").reset_index(drop=True)
+    return DataPlan(classes, frame, source, description, duplicates)
+
+
+def _read_all(source: ImageSource, items: list[str], progress: Progress | None, step: str, hashes: bool = True):
+    """Decode ``items`` in threads (PIL releases the GIL); per item: readable?, pixel hash, sums."""
+
+    def one(item: str):
+        array = source.read(item)
+        if array is None:
+            return False, "", None
+        pixels = array.reshape(array.shape[0], -1).astype(np.float64) / 255.0
+        stats = (pixels.sum(1), (pixels**2).sum(1), pixels.shape[1])
+        return True, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest() if hashes else "", stats
+
+    results = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for i, result in enumerate(pool.map(one, items, chunksize=64)):
+            results.append(result)
+            if progress and (i + 1) % 256 == 0:
+                progress(step, 256, len(items))
+    if progress:
+        progress(step, len(items) % 256, len(items))
+    return results
+
+
+def _moments(results) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    stats = [r[2] for r in results if r[2] is not None]
+    total = sum(s[0] for s in stats)
+    squares = sum(s[1] for s in stats)
+    n = sum(s[2] for s in stats)
+    mean = total / n
+    variance = (squares - n * mean**2) / max(n - 1, 1)
+    return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(variance, 0)).clip(min=1e-3).tolist())
+
+
+def load_data(
+    plan: DataPlan, progress: Progress | None = None, stats_sample: int = STATS_SAMPLE, seed: int = 0
+) -> StudyData:
+    """Verify the labeled pool and the test split, and estimate the normalization statistics.
+
+    Unreadable images are skipped and counted; a test image whose file or pixels also appear in
+    the pool (or the pretraining pool) is leakage and leaves the test split. Mean and std come
+    from a fixed random sample of at most ``stats_sample`` pretraining images.
+    """
+    frame = plan.frame
+    labeled = frame[frame.split != UNLABELED]
+    checked = _read_all(plan.source, labeled.item.tolist(), progress, "verifying")
+    ok = pd.Series([r[0] for r in checked], index=labeled.index)
+    hashes = pd.Series([r[1] for r in checked], index=labeled.index)
+    bad = ok.index[~ok]
+    skipped_files = frame.item[bad].tolist()
+    if skipped_files:
+        log.warning("skipped %d unreadable images of %s", len(skipped_files), plan.description)
+    frame = frame.drop(bad)
+    pool_hashes = set(hashes[ok & (labeled.split == POOL)])
+    test = frame[frame.split == TEST]
+    unlabeled = set(frame.item[frame.split == UNLABELED])
+    leaked = test.index[hashes[test.index].isin(pool_hashes) | test.item.isin(unlabeled)]
+    frame = frame.drop(leaked).reset_index(drop=True)
+    if not (frame.split == POOL).any() or not (frame.split == TEST).any():
+        raise DataError(f"no readable images in {plan.description}: every file failed to decode")
+    pretraining = frame.item[frame.split != TEST].to_numpy()
+    sample = np.sort(np.random.default_rng(seed).permutation(len(pretraining))[:stats_sample])
+    verified = dict(zip(labeled.item, checked, strict=True))  # the labeled pool is decoded already
+    sampled = [verified.get(item) for item in pretraining[sample]]
+    missing = [item for item, r in zip(pretraining[sample], sampled, strict=True) if r is None]
+    results = [r for r in sampled if r is not None] + _read_all(plan.source, missing, progress, "statistics", False)
+    if not any(r[0] for r in results):
+        raise DataError(f"no readable images in the pretraining pool of {plan.description}")
+    mean, std = _moments(results)
+    return StudyData(
+        plan.classes,
+        frame,
+        plan.source,
+        mean,
+        std,
+        plan.description,
+        digest(plan.frame),
+        len(skipped_files),
+        len(leaked),
+        skipped_files,
     )
-
-
-def _decode(plan: DataPlan, items: list[object], labels: np.ndarray) -> tuple[ImageSet, int]:
-    arrays, kept = [], []
-    for i, item in enumerate(items):
-        array = plan.reader.read(item)
-        if array is not None:
-            arrays.append(_resize(array, plan.image_size))
-            kept.append(i)
-    if not arrays:
-        shape = (0, plan.channels, plan.image_size, plan.image_size)
-        return ImageSet(torch.zeros(shape, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)), len(items)
-    images = torch.stack(arrays)
-    return ImageSet(images, torch.as_tensor(labels[kept], dtype=torch.long)), len(items) - len(kept)
-
-
-def _resize(array: np.ndarray, size: int) -> torch.Tensor:
-    image = torch.from_numpy(np.ascontiguousarray(array))
-    if image.shape[-2:] == (size, size):
-        return image
-    resized = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)
-    return resized[0].round().clamp(0, 255).to(torch.uint8)
-
-
-def load_data(plan: DataPlan) -> StudyData:
-    """Decode every planned image; unreadable files are skipped and counted, never fatal."""
-    pool, bad_pool = _decode(plan, plan.pool, plan.pool_labels)
-    test, bad_test = _decode(plan, plan.test, plan.test_labels)
-    extra, bad_extra = _decode(plan, plan.extra_unlabeled, -np.ones(len(plan.extra_unlabeled), dtype=np.int64))
-    if len(pool) == 0 or len(test) == 0:
-        raise DataError(f"no readable images in {plan.source}: every file failed to decode")
-    skipped = bad_pool + bad_test + bad_extra
-    if skipped:
-        log.warning("skipped %d unreadable images of %s", skipped, plan.source)
-    unlabeled = ImageSet(
-        torch.cat([pool.images, extra.images]),
-        torch.cat([torch.full((len(pool),), -1, dtype=torch.long), extra.labels]),
-    )
-    pixels = unlabeled.images.float().div_(255).transpose(0, 1).flatten(1)
-    mean = tuple(pixels.mean(1).tolist())
-    std = tuple(pixels.std(1).clamp_min(1e-3).tolist())
-    return StudyData(plan.classes, pool, test, unlabeled, mean, std, skipped)

@@ -1,10 +1,11 @@
 """Distributed pretraining: a Lightning SSL module trained by Ray Train's ``TorchTrainer``.
 
-The driver calls :func:`pretrain`; each Ray Train worker runs :func:`_train_worker`. Checkpoints
-go to ``storage_path`` (a shared path or ``s3://`` on a multi-node cluster): a re-run with the same
-name, or a worker group restarted after a failure, resumes from the latest one. Only plain data
-crosses into the workers: the pretraining settings as a dict, the images as an object ref, and a
-tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one run the driver created.
+The driver calls :func:`pretrain`; each Ray Train worker runs :func:`_train_worker` on its shard
+of a Ray Data stream (:mod:`pretrain.stream`). Checkpoints go to ``storage_path`` (a shared path or
+``s3://`` on a multi-node cluster): a re-run with the same name, or a worker group restarted after
+a failure, resumes from the latest one. Only plain data crosses into the workers: the pretraining
+settings as a dict and a tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one
+run the driver created.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
 
 from pretrain.backbones import backbone_options, build_backbone, embed
-from pretrain.data import StudyData
+from pretrain.data import DataError, StudyData
 from pretrain.knn import knn_accuracy
+from pretrain.manifest import POOL
 from pretrain.methods import METHODS, build_method
-from pretrain.views import MultiViewDataset, ViewSettings, normalize
+from pretrain.stream import ShardBatches, pretraining_dataset, rows_per_rank
+from pretrain.views import ViewSettings, normalize
 
 log = logging.getLogger("labelcurve.pretrain")
 
@@ -51,6 +53,12 @@ class PretrainResult:
     losses: list[float] = field(default_factory=list)  # per epoch, of this invocation
     knn: list[float] = field(default_factory=list)  # online kNN: random init, then per epoch
     images_per_second: float | None = None  # all workers, epochs after the first
+    bad_images: int = 0  # pretraining images that failed to decode (summed over epochs)
+    rates: list[float] = field(default_factory=list)  # images/s per epoch of this invocation, all workers
+
+
+class TooManyBadImages(DataError):
+    """More pretraining images failed to decode than ``max_bad_fraction`` allows."""
 
 
 class _EpochReport(pl.Callback):
@@ -61,11 +69,15 @@ class _EpochReport(pl.Callback):
     goes; epoch 0 is the random init. Nothing from the test split is used.
     """
 
-    def __init__(self, every: int, tracking: dict | None, n_images: int, knn: dict | None) -> None:
+    def __init__(
+        self, every: int, tracking: dict | None, n_images: int, knn: dict | None, batches: ShardBatches, bad: float
+    ) -> None:
         self.every, self.tracking, self.n_images, self.knn = every, tracking, n_images, knn
+        self.batches, self.max_bad_fraction = batches, bad
         self.client = None
         self.started = time.perf_counter()
         self.losses: list[float] = []
+        self.rates: list[float] = []  # images/s of every epoch, all workers
         self.knn_history: list[float] = []
         self.steady_seconds = 0.0  # epochs after the first: no warm-up, worker start or compilation
 
@@ -104,20 +116,34 @@ class _EpochReport(pl.Callback):
         self.losses.append(loss)
         if len(self.losses) > 1:
             self.steady_seconds += seconds
-        metrics = {"epoch": epoch, "loss": loss, "losses": list(self.losses)}
+        bad = _sum_over_ranks(self.batches.bad)
+        self.rates.append(self.n_images / seconds)
+        metrics = {"epoch": epoch, "loss": loss, "losses": list(self.losses), "rates": self.rates, "bad_images": bad}
+        if bad > self.max_bad_fraction * self.n_images * epoch:
+            # stop, not raise: a raised error would make Ray Train restart the group and fail again
+            metrics["bad_items"] = self.batches.bad_items
+            trainer.should_stop = True
         if trainer.global_rank == 0:
-            rate = self.n_images / seconds
+            rate = self.rates[-1]
             accuracy = self._knn(module)
             knn = "" if accuracy is None else f"  kNN {accuracy:.3f}"
             log.info("pretrain epoch %d/%d  loss %.4f%s  %.0f img/s", epoch, total, loss, knn, rate)
-            self._log({"train/loss": loss, "train/images_per_second": rate}, epoch)
+            self._log({"train/loss": loss, "train/images_per_second": rate, "data/unreadable_images": bad}, epoch)
             if accuracy is not None:
                 self._log({"knn/accuracy": accuracy}, epoch)
         if len(self.losses) > 1:
             metrics["images_per_second"] = self.n_images * (len(self.losses) - 1) / self.steady_seconds
         metrics["knn"] = list(self.knn_history)
-        if epoch % self.every == 0 or epoch == total:
+        if epoch % self.every == 0 or epoch == total or trainer.should_stop:
             _report_checkpoint(trainer, module, metrics)
+
+
+def _sum_over_ranks(value: int) -> int:
+    if not torch.distributed.is_initialized():
+        return value
+    total = torch.tensor([value])
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def _report_checkpoint(trainer: pl.Trainer, module, metrics: dict) -> None:
@@ -146,14 +172,6 @@ def _record_placement(rank: int, tracking: dict | None) -> None:
         client.log_metric(tracking["run_id"], "num_nodes", len(set(nodes)))
 
 
-def _loader_workers(setting: int | None) -> int:
-    """DataLoader processes: as configured, else the CPUs Ray gave this worker minus one."""
-    if setting is not None:
-        return setting
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    return max(int(cpus) - 1, 0)
-
-
 def _quiet_report_echo() -> None:
     """Ray Train 2.x logs every report with its metrics (the loss history) at INFO, under a
     logger named after its file; progress already has its own line per epoch."""
@@ -168,26 +186,17 @@ def _train_worker(config: dict) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
     _quiet_report_echo()
     p = SimpleNamespace(**config["pretrain"])
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     _record_placement(rank, config.get("tracking"))
-    pl.seed_everything(config["seed"] + rank, verbose=False)
-    images = ray.get(config["images"])
-    size = images.shape[-1]
-    views = ViewSettings.from_config(p, size, config["mean"], config["std"])
-    workers = _loader_workers(p.loader_workers)
-    loader = DataLoader(
-        MultiViewDataset(images, METHODS[p.method].transform(views, **p.options)),
-        batch_size=config["batch_size"],
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=p.use_gpu,
+    batch = config["batch_size"]
+    batches = ShardBatches(
+        ray.train.get_dataset_shard("train"), batch, rows_per_rank(config["n_images"], world) // batch
     )
-    torch.manual_seed(config["seed"])  # the same init on every rank
+    pl.seed_everything(config["seed"], verbose=False)  # the same init and PL_GLOBAL_SEED on every rank
     model = build_method(
         p.method,
-        build_backbone(p.backbone, images.shape[1], size, **config["backbone_options"]),
+        build_backbone(p.backbone, config["channels"], config["image_size"], **config["backbone_options"]),
         p.options,
         lr=config["lr"],
         weight_decay=p.weight_decay,
@@ -196,16 +205,18 @@ def _train_worker(config: dict) -> None:
         max_epochs=p.epochs,
         gather_distributed=p.gather_distributed,
     )
+    torch.manual_seed(hash((config["seed"], "rank", rank)) % 2**32)  # masks and noise differ per rank
     if p.use_gpu and p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     knn = ray.get(config["knn"]) if config.get("knn") is not None else None
-    world = ray.train.get_context().get_world_size()
+    n_images = batches.steps * batch * world
+    report = _EpochReport(p.checkpoint_every, config.get("tracking"), n_images, knn, batches, config["max_bad"])
     trainer = pl.Trainer(
         max_epochs=p.epochs,
         accelerator="gpu" if p.use_gpu else "cpu",
         # one worker needs no DDP: its gradient all-reduce would only copy buckets
         **({"strategy": RayDDPStrategy(), "plugins": [RayLightningEnvironment()]} if world > 1 else {"devices": 1}),
-        callbacks=[_EpochReport(p.checkpoint_every, config.get("tracking"), len(images), knn)],
+        callbacks=[report],
         precision=("16-mixed" if p.use_gpu else "32-true") if p.precision == "auto" else p.precision,
         sync_batchnorm=p.sync_batchnorm and p.use_gpu and world > 1,  # torch: GPU only
         logger=False,
@@ -217,7 +228,7 @@ def _train_worker(config: dict) -> None:
         trainer = prepare_trainer(trainer)
     resume = ray.train.get_checkpoint()
     if resume is None:
-        trainer.fit(model, loader)
+        trainer.fit(model, batches)
         return
     with resume.as_directory() as folder:
         state = torch.load(Path(folder, LIGHTNING_CKPT), map_location="cpu", weights_only=True)
@@ -225,12 +236,12 @@ def _train_worker(config: dict) -> None:
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report({"epoch": p.epochs}, checkpoint=checkpoint)
             return
-        trainer.fit(model, loader, ckpt_path=str(Path(folder, LIGHTNING_CKPT)), weights_only=True)
+        trainer.fit(model, batches, ckpt_path=str(Path(folder, LIGHTNING_CKPT)), weights_only=True)
 
 
 def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
-    """A stratified bank/query split of at most ``size`` labeled pool images, normalized."""
-    labels = data.pool.labels.numpy()
+    """A stratified bank/query split of at most ``size`` labeled pool images, decoded and normalized."""
+    labels, items = data.labels(POOL), np.array(data.items(POOL), dtype=object)
     index = np.arange(len(labels))
     try:
         if size < len(index):
@@ -238,10 +249,14 @@ def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
         bank, queries = train_test_split(index, test_size=0.3, stratify=labels[index], random_state=seed)
     except ValueError:  # too few images per class for a stratified split: no online kNN
         return None
+
+    def images(index: np.ndarray) -> torch.Tensor:
+        return normalize(data.source.read_many(items[index].tolist())[0], data.mean, data.std)
+
     return {
-        "bank": normalize(data.pool.images[bank], data.mean, data.std),
+        "bank": images(bank),
         "bank_labels": labels[bank],
-        "queries": normalize(data.pool.images[queries], data.mean, data.std),
+        "queries": images(queries),
         "query_labels": labels[queries],
     }
 
@@ -251,6 +266,14 @@ def effective_batch_size(batch_size: int, num_workers: int, n_images: int) -> in
     return max(2, min(batch_size, n_images // num_workers))
 
 
+def worker_resources(settings: dict) -> dict[str, float] | None:
+    """A CPU worker asks for ``augment_cpus`` of a CPU, leaving the rest of its share to the Ray
+    Data tasks that decode and augment its input (on a GPU node they use the node's other CPUs)."""
+    if settings["resources_per_worker"] or settings["use_gpu"]:
+        return settings["resources_per_worker"]
+    return {"CPU": settings["augment_cpus"]}
+
+
 def pretrain(
     settings: dict,
     data: StudyData,
@@ -258,32 +281,42 @@ def pretrain(
     name: str,
     seed: int = 0,
     tracking: dict | None = None,
+    max_bad_fraction: float = 0.01,
 ) -> PretrainResult:
-    """Pretrain a backbone on ``data.unlabeled`` with ``settings['num_workers']`` Ray workers.
+    """Pretrain a backbone on ``data.pretraining_items`` with ``settings['num_workers']`` Ray workers.
 
     ``settings`` is the ``pretrain`` section as a plain dict. The learning rate is scaled
-    linearly with the global batch (``lr * batch_size * num_workers / 256``).
+    linearly with the global batch (``lr * batch_size * num_workers / 256``). The images stream
+    through Ray Data; when more than ``max_bad_fraction`` of them fail to decode, training stops
+    and :class:`TooManyBadImages` names the first bad files.
     """
     p = SimpleNamespace(**settings)
-    batch = effective_batch_size(p.batch_size, p.num_workers, len(data.unlabeled))
+    items = data.pretraining_items
+    batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
+    views = ViewSettings.from_config(p, data.image_size, data.mean, data.std)
+    dataset = pretraining_dataset(
+        items, data.source, METHODS[p.method].transform(views, **p.options), seed, p.augment_cpus
+    )
     storage = p.storage_path if "://" in p.storage_path else str(Path(p.storage_path).resolve())
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
             "pretrain": settings,
-            "images": ray.put(data.unlabeled.images),
-            "mean": data.mean,
-            "std": data.std,
+            "n_images": len(items),
+            "channels": data.channels,
+            "image_size": data.image_size,
             "seed": seed,
             "batch_size": batch,
             "lr": p.lr * batch * p.num_workers / 256,
             "tracking": tracking,
             "backbone_options": backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size),
             "knn": ray.put(knn) if knn else None,
+            "max_bad": max_bad_fraction,
         },
+        datasets={"train": dataset},
         scaling_config=ScalingConfig(
-            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=p.resources_per_worker
+            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=worker_resources(settings)
         ),
         run_config=RunConfig(
             name=name,
@@ -294,9 +327,14 @@ def pretrain(
     )
     started = time.perf_counter()
     result = trainer.fit()
+    metrics = result.metrics or {}
+    if metrics.get("bad_items"):
+        raise TooManyBadImages(
+            f"{metrics['bad_images']} pretraining images failed to decode, more than data.max_bad_fraction="
+            f"{max_bad_fraction} allows (first: {', '.join(metrics['bad_items'])}): fix or remove them"
+        )
     with result.checkpoint.as_directory() as folder:
         state = load_file(str(Path(folder, BACKBONE_FILE)))
-    metrics = result.metrics or {}
     return PretrainResult(
         state,
         result.checkpoint.path,
@@ -304,4 +342,6 @@ def pretrain(
         list(metrics.get("losses", [])),
         list(metrics.get("knn", [])),
         metrics.get("images_per_second"),
+        int(metrics.get("bad_images", 0)),
+        list(metrics.get("rates", [])),
     )

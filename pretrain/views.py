@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from lightly.transforms import SimCLRTransform
 from PIL import Image
-from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -109,21 +108,7 @@ class EvalTransform:
         )
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """A uint8 ``C x H x W`` tensor as a PIL image, the input every lightly transform takes."""
-    array = image.numpy()
+def to_pil(image) -> Image.Image:
+    """A uint8 ``C x H x W`` array or tensor as a PIL image, the input every lightly transform takes."""
+    array = np.asarray(image)
     return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
-
-
-class MultiViewDataset(Dataset):
-    """Yields the list of views of one uint8 image tensor; labels are never read."""
-
-    def __init__(self, images: torch.Tensor, transform) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.transform(to_pil(self.images[index]))

@@ -1,57 +1,131 @@
+import os
+import struct
+import zlib
+
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 
 from cluster.config import DataConfig
+from finetune.budgets import BudgetError, check_budgets
 from pretrain.data import DataError, load_data, plan_data
+from pretrain.images import ImageSource
+from pretrain.manifest import POOL, TEST, UNLABELED
 from tests.conftest import write_image_folder
 
 
 def test_digits_split_is_stratified_fixed_and_disjoint():
     plan = plan_data(DataConfig())
     again = plan_data(DataConfig())
-    assert plan.test == again.test
-    assert not set(plan.pool) & set(plan.test)
-    assert len(plan.pool) + len(plan.test) == 1797
-    test_share = np.bincount(plan.test_labels) / np.bincount(np.concatenate([plan.pool_labels, plan.test_labels]))
+    assert plan.frame.equals(again.frame) and plan.digest == again.digest
+    pool, test = plan.split(POOL), plan.split(TEST)
+    assert not set(pool.item) & set(test.item)
+    assert len(pool) + len(test) == 1797
+    test_share = np.bincount(test.label) / np.bincount(np.concatenate([pool.label, test.label]))
     assert np.allclose(test_share, 0.3, atol=0.02)
     data = load_data(plan)
-    assert data.pool.images.shape == (len(plan.pool), 1, 16, 16)
-    assert data.pool.images.dtype.is_floating_point is False
-    assert len(data.unlabeled) == len(data.pool)
+    assert data.source.read(data.items(POOL)[0]).shape == (1, 16, 16)
+    assert data.pretraining_items == data.items(POOL)  # digits has no extra unlabeled images
+    assert 0.2 < data.mean[0] < 0.4 and 0.2 < data.std[0] < 0.5
+    assert data.skipped == data.leaked == 0
 
 
 def test_image_folder_with_test_split_and_extra_unlabeled(tmp_path):
     write_image_folder(tmp_path / "ds" / "train", {"a": 6, "b": 7})
-    write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 3})
-    write_image_folder(tmp_path / "more" / "x" / "deep", {"u": 4})
+    write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 3}, seed=1)
+    write_image_folder(tmp_path / "more" / "x" / "deep", {"u": 4}, seed=2)
     cfg = DataConfig(name="folder", path=str(tmp_path / "ds"), unlabeled_path=str(tmp_path / "more"), image_size=8)
     plan = plan_data(cfg)
     assert plan.classes == ("a", "b")
     assert plan.class_counts() == {"a": 6, "b": 7}
     data = load_data(plan)
-    assert data.test.labels.tolist() == [0, 0, 1, 1, 1]
-    assert data.pool.images.shape == (13, 3, 8, 8)
-    assert len(data.unlabeled) == 13 + 4
-    assert (data.unlabeled.labels == -1).all()
-    assert len(data.mean) == 3
+    assert data.labels(TEST).tolist() == [0, 0, 1, 1, 1]
+    assert len(data.items(POOL)) == 13 and len(data.items(UNLABELED)) == 4
+    assert len(data.pretraining_items) == 13 + 4
+    assert (data.frame.label[data.frame.split == UNLABELED] == -1).all()
+    images, ok = data.source.read_many(data.items(POOL))
+    assert images.shape == (13, 3, 8, 8) and ok.all() and len(data.mean) == 3
+
+
+def test_uri_and_local_path_list_the_same_files(tmp_path):
+    write_image_folder(tmp_path / "ds", {"a": 4, "b": 4})
+    local = plan_data(DataConfig(name="folder", path=str(tmp_path / "ds")))
+    uri = plan_data(DataConfig(name="folder", path=f"file://{tmp_path / 'ds'}"))
+    assert local.frame.item.tolist() == uri.frame.item.tolist()
+    with pytest.raises(DataError, match="the URI scheme 'nosuch' cannot be read"):
+        plan_data(DataConfig(name="folder", path="nosuch://bucket/images"))
 
 
 def test_folder_without_test_is_split_and_capped_per_class(tmp_path):
     write_image_folder(tmp_path, {"a": 20, "b": 20, "c": 20})
     plan = plan_data(DataConfig(name="folder", path=str(tmp_path), test_fraction=0.25, max_per_class=10))
-    assert np.bincount(plan.test_labels).tolist() == [5, 5, 5]
-    assert np.bincount(plan.pool_labels).tolist() == [10, 10, 10]
+    assert np.bincount(plan.split(TEST).label).tolist() == [5, 5, 5]
+    assert np.bincount(plan.split(POOL).label).tolist() == [10, 10, 10]
 
 
-def test_corrupt_images_are_skipped_and_counted(tmp_path):
+def test_corrupt_images_are_skipped_counted_and_budgets_see_what_decoded(tmp_path):
     write_image_folder(tmp_path / "train", {"a": 5, "b": 5})
-    write_image_folder(tmp_path / "test", {"a": 2, "b": 2})
-    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
-    (tmp_path / "train" / "b" / "empty.jpg").write_bytes(b"")
-    data = load_data(plan_data(DataConfig(name="folder", path=str(tmp_path))))
-    assert data.skipped == 2
-    assert len(data.pool) == 10
+    write_image_folder(tmp_path / "test", {"a": 2, "b": 2}, seed=1)
+    for name in ("broken.png", "empty.jpg", "zz.png"):
+        (tmp_path / "train" / "b" / name).write_bytes(b"not an image" if name != "empty.jpg" else b"")
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    assert plan.class_counts() == {"a": 5, "b": 8}  # listed
+    data = load_data(plan)
+    assert data.skipped == 3 and len(data.skipped_files) == 3
+    assert data.class_counts() == {"a": 5, "b": 5}  # decoded
+    check_budgets([5], plan.class_counts())
+    with pytest.raises(BudgetError, match="budget 6 labels per class is larger than class 'a'"):
+        check_budgets([6], data.class_counts())
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A valid 1x1 PNG whose header claims ``width x height``: PIL refuses it as a decompression bomb."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_oversized_image_is_skipped_like_any_unreadable_file(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    _png_claiming(bomb, 20000, 20000)
+    assert ImageSource(8, 3).read(str(bomb)) is None
+
+
+def test_16_bit_and_float_images_keep_their_contrast(tmp_path):
+    ramp = np.linspace(1000, 5000, 64).reshape(8, 8)  # a 12-bit scan in a 16-bit container
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "scan.png")
+    Image.fromarray(ramp.astype(np.float32) / 7.0).save(tmp_path / "scan.tif")
+    assert Image.open(tmp_path / "scan.png").mode.startswith("I")
+    for name in ("scan.png", "scan.tif"):
+        array = ImageSource(8, 1).read(str(tmp_path / name))
+        assert array.min() == 0 and array.max() == 255, name  # not all 255 (clipped) or all 0 (truncated)
+        assert np.all(np.diff(array.ravel().astype(int)) >= 0), name  # the ramp survives, in order
+    rgb = ImageSource(8, 3).read(str(tmp_path / "scan.png"))
+    assert rgb.shape == (3, 8, 8) and rgb.max() == 255
+
+
+def test_symlinked_class_folder_and_pool_test_duplicates_are_not_leakage(tmp_path):
+    write_image_folder(tmp_path / "train", {"a": 6, "b": 6})
+    write_image_folder(tmp_path / "test", {"a": 3, "b": 3}, seed=1)
+    os.symlink(tmp_path / "train", tmp_path / "train" / "link")  # train/link -> train: every image again
+    (tmp_path / "test" / "a" / "0000.png").write_bytes((tmp_path / "train" / "a" / "0000.png").read_bytes())
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    assert plan.classes == ("a", "b") and plan.duplicates >= 12  # link/a, link/link/a, ... until ELOOP
+    assert plan.class_counts() == {"a": 6, "b": 6}
+    data = load_data(plan)
+    assert data.leaked == 1 and len(data.items(TEST)) == 5
+    assert str(tmp_path / "test" / "a" / "0000.png") not in data.items(TEST)
+
+
+def test_changed_files_change_the_manifest_digest(tmp_path):
+    write_image_folder(tmp_path, {"a": 5, "b": 5})
+    before = plan_data(DataConfig(name="folder", path=str(tmp_path))).digest
+    assert plan_data(DataConfig(name="folder", path=str(tmp_path))).digest == before
+    write_image_folder(tmp_path, {"a": 5}, seed=7)  # same names, other pixels
+    os.utime(tmp_path / "a" / "0000.png", ns=(1, 1))
+    assert plan_data(DataConfig(name="folder", path=str(tmp_path))).digest != before
 
 
 def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path):
@@ -66,16 +140,16 @@ def test_missing_path_and_empty_folder_are_one_line_errors(tmp_path):
 def test_cifar10_copy_loads_as_image_folder(cifar_root):
     plan = plan_data(DataConfig(name="folder", path=str(cifar_root), max_per_class=20))
     assert len(plan.classes) == 10 and "cat" in plan.classes
-    assert len(plan.test) == 10_000
+    assert len(plan.split(TEST)) == 10_000
     assert plan.class_counts()["cat"] == 20
     capped = plan_data(DataConfig(name="folder", path=str(cifar_root), max_per_class=20, max_test_per_class=30))
-    assert np.bincount(capped.test_labels).tolist() == [30] * 10
+    assert np.bincount(capped.split(TEST).label).tolist() == [30] * 10
     data = load_data(capped)
-    assert data.pool.images.shape == (200, 3, 32, 32) and data.channels == 3
+    assert len(data.items(POOL)) == 200 and data.channels == 3 and data.image_size == 32
     extra = plan_data(
         DataConfig(name="folder", path=str(cifar_root), unlabeled_path=str(cifar_root / "train"), max_unlabeled=500)
-    ).extra_unlabeled
-    assert len(extra) == 500 and len({p.parent.name for p in extra}) == 10  # a sample, not the first folders
+    ).split(UNLABELED)
+    assert len(extra) == 500 and extra.item.str.split("/").str[-2].nunique() == 10  # a sample, not the first folders
 
 
 def _fake_cifar10(root, per_split=20):
@@ -123,16 +197,17 @@ def test_torchvision_cifar10_and_stl10_roots_load_offline(tmp_path, monkeypatch)
     _fake_cifar10(tmp_path / "cifar")
     data = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"))))
     assert data.classes[0] == "airplane" and len(data.classes) == 10
-    assert (len(data.pool), len(data.test), data.image_size, data.channels) == (100, 20, 32, 3)
-    assert data.pool.labels.bincount().tolist() == [10] * 10
+    assert (len(data.items(POOL)), len(data.items(TEST)), data.image_size, data.channels) == (100, 20, 32, 3)
+    assert np.bincount(data.labels(POOL)).tolist() == [10] * 10
 
     gray = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"), image_size=16, channels=1)))
-    assert tuple(gray.pool.images.shape[1:]) == (1, 16, 16)
+    assert gray.source.read(gray.items(POOL)[0]).shape == (1, 16, 16)
 
     _fake_stl10(tmp_path / "stl")
     stl = load_data(plan_data(DataConfig(name="stl10", path=str(tmp_path / "stl"), image_size=48, max_unlabeled=25)))
-    assert (len(stl.pool), len(stl.test), stl.image_size) == (20, 20, 48)
-    assert len(stl.unlabeled) == 20 + 25  # the labeled pool plus the capped unlabeled split
+    assert (len(stl.items(POOL)), len(stl.items(TEST)), stl.image_size) == (20, 20, 48)
+    assert len(stl.pretraining_items) == 20 + 25  # the labeled pool plus the capped unlabeled split
+    assert stl.source.read(stl.items(UNLABELED)[0]).shape == (3, 48, 48)
 
 
 def test_online_knn_slice_is_a_stratified_split_of_the_pool_only():
@@ -142,5 +217,8 @@ def test_online_knn_slice_is_a_stratified_split_of_the_pool_only():
     knn = knn_subset(data, 200)
     assert len(knn["bank_labels"]) + len(knn["query_labels"]) == 200
     assert set(knn["bank_labels"]) == set(knn["query_labels"]) == set(range(10))
-    assert knn["bank"].shape[1:] == (1, 16, 16) and knn["bank"].dtype == torch.float32
+    assert knn["bank"].shape[1:] == (1, 16, 16) and knn["bank"].dtype.is_floating_point
+    test_pixels = {data.source.read(item).tobytes() for item in data.items(TEST)}
+    slice_pixels = {x.tobytes() for x in data.source.read_many(data.items(POOL))[0].numpy()}
+    assert not test_pixels & slice_pixels  # the slice comes from the pool, which shares no image with the test split
     assert knn_subset(data, 5) is None  # 10 classes cannot be stratified into 5 images

@@ -1,0 +1,240 @@
+"""Does memory stay flat as the pretraining pool grows? Listing time, peak memory, images/s.
+
+Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each size in a fresh
+process: the time to list and split it, the peak resident memory of the driver and of the
+largest Ray worker (VmHWM of every Ray process, sampled), and the pretraining throughput of one
+epoch (small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data). The same
+run trains the in-memory baseline (every image decoded into one tensor, ``ray.put``, a DataLoader
+per worker: the data path before the manifest) at the smallest size. Separately, it times
+listing a folder of empty files (``--list-files``).
+
+    python benchmarks/data_scale.py --sizes 10000 50000 200000 --list-files 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = 10
+
+
+def _write(args: tuple[Path, int, int]) -> None:
+    folder, start, stop = args
+    rng = np.random.default_rng(start)
+    for i in range(start, stop):
+        pixels = rng.integers(0, 120, (64, 64, 3), dtype=np.uint8)
+        pixels[..., i % 3] += 100
+        Image.fromarray(pixels).save(folder / f"c{i % CLASSES}" / f"{i:07d}.jpg", quality=90)
+
+
+def write_folder(root: Path, n: int) -> Path:
+    folder = root / f"jpeg-{n}"
+    if (folder / "done").exists():
+        return folder
+    for c in range(CLASSES):
+        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, lo, min(lo + 2000, n)) for lo in range(0, n, 2000)]
+    with Pool(os.cpu_count()) as pool:
+        pool.map(_write, chunks)
+    (folder / "done").touch()
+    return folder
+
+
+def _peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class WorkerPeak(threading.Thread):
+    """The largest peak resident memory of any Ray process, sampled every half second."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0.0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.5):
+            for process in psutil.process_iter(["cmdline"]):
+                if any("ray::" in part or "default_worker.py" in part for part in process.info["cmdline"] or []):
+                    self.peak = max(self.peak, _peak_mb(process.pid))
+
+
+def measure(folder: Path, baseline: bool) -> dict:
+    """One size in this process: listing, then one epoch of pretraining (streamed or in memory)."""
+    from cluster.config import DataConfig, PretrainConfig
+    from cluster.ray_runtime import connect
+    from pretrain.data import load_data, plan_data
+
+    started = time.perf_counter()
+    plan = plan_data(DataConfig(name="folder", path=str(folder), image_size=64, test_fraction=0.02))
+    listing = time.perf_counter() - started
+    data = load_data(plan)
+    settings = PretrainConfig(
+        epochs=1, batch_size=128, warmup_epochs=0, online_knn=0, num_workers=2, storage_path=str(folder / "runs")
+    ).model_dump()
+    connect(None)
+    watcher = WorkerPeak()
+    watcher.start()
+    if baseline:
+        rate = in_memory_epoch(settings, data)
+    else:
+        from pretrain.train import pretrain
+
+        rate = pretrain(settings, data, name=f"scale-{time.time():.0f}").rates[0]
+    watcher.stop.set()
+    watcher.join()
+    return {
+        "images": len(data.pretraining_items),
+        "listing_s": listing,
+        "driver_peak_mb": _peak_mb(os.getpid()),
+        "worker_peak_mb": watcher.peak,
+        "images_per_s": rate,
+    }
+
+
+def in_memory_epoch(settings: dict, data) -> float:
+    """The data path before the manifest: decode the pool into one tensor, ``ray.put`` it, and
+    let every worker ``ray.get`` all of it into a DataLoader."""
+    import ray
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    images = ray.put(data.source.read_many(data.pretraining_items)[0])
+
+    def loop(config: dict) -> None:
+        import pytorch_lightning as pl
+        import ray.train
+        from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+        from torch.utils.data import DataLoader, Dataset
+
+        from pretrain.backbones import build_backbone
+        from pretrain.methods import METHODS, build_method
+        from pretrain.views import ViewSettings, to_pil
+
+        pool = ray.get(config["images"])
+        transform = METHODS["simclr"].transform(ViewSettings(64, tuple(data.mean), tuple(data.std)))
+
+        class Views(Dataset):
+            def __len__(self) -> int:
+                return len(pool)
+
+            def __getitem__(self, i: int):
+                return transform(to_pil(pool[i]))
+
+        model = build_method("simclr", build_backbone("small_cnn", 3, 64), {}, lr=0.004, max_epochs=1)
+        clock = {}
+
+        class Clock(pl.Callback):
+            def on_train_epoch_start(self, trainer, module) -> None:
+                clock["start"] = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, module) -> None:
+                clock["seconds"] = time.perf_counter() - clock["start"]
+
+        trainer = pl.Trainer(
+            max_epochs=1,
+            strategy=RayDDPStrategy(),
+            plugins=[RayLightningEnvironment()],
+            callbacks=[Clock()],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer = prepare_trainer(trainer)
+        trainer.fit(model, DataLoader(Views(), batch_size=128, shuffle=True, drop_last=True))
+        ray.train.report({"rate": len(pool) / clock["seconds"]})
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"images": images},
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=ray.train.RunConfig(storage_path=settings["storage_path"], name=f"memory-{time.time():.0f}"),
+    )
+    return trainer.fit().metrics["rate"]
+
+
+def list_empty_files(root: Path, n: int) -> tuple[float, int]:
+    """Seconds to list ``n`` empty ``.jpg`` files in 1,000 folders, and how many were found."""
+    from pretrain.manifest import Location
+
+    folder = root / f"empty-{n}"
+    if not (folder / "done").exists():
+        for i in range(n):
+            sub = folder / f"d{i % 1000:03d}"
+            if i < 1000:
+                sub.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(sub / f"{i:07d}.jpg", os.O_CREAT | os.O_WRONLY))
+        (folder / "done").touch()
+    location = Location.parse(str(folder))
+    started = time.perf_counter()
+    found = location.images(location.path)
+    return time.perf_counter() - started, len(found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
+    parser.add_argument("--list-files", type=int, default=1_000_000)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/labelcurve-data-scale"))
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child, args.baseline)), flush=True)
+        return
+    rows = []
+    runs = [(size, False) for size in args.sizes] + [(min(args.sizes), True)]
+    for size, baseline in runs:
+        folder = write_folder(args.root, size)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", str(folder), *(["--baseline"] if baseline else [])],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            sys.exit(f"size {size} failed:\n{child.stderr[-3000:]}")
+        rows.append({"path": "in-memory" if baseline else "stream", **json.loads(lines[0][7:])})
+        print(rows[-1], flush=True)
+    print(f"\n{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'img/s':>7}")
+    for r in rows:
+        print(
+            f"{r['path']:<10} {r['images']:>8} {r['listing_s']:>10.1f} {r['driver_peak_mb']:>10.0f} "
+            f"{r['worker_peak_mb']:>10.0f} {r['images_per_s']:>7.0f}"
+        )
+    stream = [r for r in rows if r["path"] == "stream"]
+    memory = next(r for r in rows if r["path"] == "in-memory")
+    small, large = stream[0], stream[-1]
+    driver, worker = (large[k] / small[k] for k in ("driver_peak_mb", "worker_peak_mb"))
+    print(
+        f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; largest worker: {worker:.2f}x; "
+        f"stream vs in-memory images/s at {small['images']}: {small['images_per_s'] / memory['images_per_s']:.2f}"
+    )
+    if args.list_files:
+        seconds, found = list_empty_files(args.root, args.list_files)
+        print(f"listing {found} empty files in 1,000 folders: {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
