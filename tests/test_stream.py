@@ -48,7 +48,8 @@ def _record_rows(config: dict) -> None:
 def test_two_workers_see_every_image_exactly_once_per_epoch(digits, tmp_path):
     data, transform = digits
     n = len(data.pretraining_items)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    here = {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}  # the workers import this module
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=here)
     try:
         trainer = TorchTrainer(
             _record_rows,
