@@ -10,7 +10,7 @@ import click
 from cluster.config import ConfigError, load_config
 from cluster.ray_runtime import RayConnectError, use_token_if_available
 from cluster.registry import RegistryError
-from cluster.tracking import TrackingError, check_tracking_server, tracking_uri
+from cluster.tracking import TrackingError, check_tracking_server, redacted, tracking_uri
 from finetune.budgets import BudgetError
 from finetune.curves import CurveError
 from pretrain.checkpoint import BackboneError
@@ -111,7 +111,7 @@ def submit(args: tuple[str, ...], address: str) -> None:
             f"note: runs go to {uri}, which only a cluster on this machine can reach; "
             "for a real cluster start `labelcurve server` and set MLFLOW_TRACKING_URI"
         )
-    click.echo(f"submitted job {job_id} (study '{cfg.study}', tracking {uri})")
+    click.echo(f"submitted job {job_id} (study '{cfg.study}', tracking {redacted(uri)})")
     click.echo(f"  follow: labelcurve logs {job_id} --follow --address {address}")
     click.echo(f"  status: labelcurve status {job_id} --address {address}")
     click.echo(f"  stop:   labelcurve stop {job_id} --address {address}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,12 +202,22 @@ class RayConfig(_Section):
 class StudyConfig(_Section):
     """One study: a name (the MLflow experiment) and its sections."""
 
-    study: str = Field("quickstart", min_length=1)
+    study: str = Field("quickstart", description="the MLflow experiment; also names folders under storage_path")
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("study")
+    @classmethod
+    def _safe_study_name(cls, study: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", study):
+            raise ValueError(
+                f"study name '{study}' may hold only letters, digits, '_', '.' and '-' (at most 100, "
+                "starting with a letter or digit): it names folders under pretrain.storage_path"
+            )
+        return study
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the settings that change results; the grid lists do not."""

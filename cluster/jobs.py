@@ -15,6 +15,7 @@ import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import yaml
 
 from cluster.config import ConfigError, StudyConfig
 from cluster.ray_runtime import TOKEN_HELP, RayConnectError, use_token_if_available
+from cluster.tracking import redacted
 
 
 def client(address: str):
@@ -88,6 +90,24 @@ def check_paths(cfg: StudyConfig) -> None:
             raise ConfigError(f"data.{key} '{value}' is relative: give the absolute path on the cluster's nodes")
 
 
+def job_env(tracking_uri: str) -> dict[str, str]:
+    """What a job's runtime env carries: the tracking URI and Ray's auth mode, never a secret.
+
+    Ray's dashboard and ``list_jobs`` show a job's runtime env to anyone with cluster access, so
+    MLflow credentials must reach the cluster through its nodes' own environment instead.
+    """
+    if urllib.parse.urlsplit(tracking_uri).password is not None:
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI {redacted(tracking_uri)} carries a password, which the job's runtime env "
+            "would show to everyone on the cluster: drop it from the URI and set MLFLOW_TRACKING_USERNAME/"
+            "PASSWORD on the cluster's nodes"
+        )
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}  # ray.init inside the job adds the rest
+    if os.environ.get("RAY_AUTH_MODE"):
+        env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+    return env
+
+
 def submit(address: str, cfg: StudyConfig, tracking_uri: str) -> str:
     """Ship the validated study config and start it as a job; returns the job id."""
     check_paths(cfg)
@@ -97,14 +117,10 @@ def submit(address: str, cfg: StudyConfig, tracking_uri: str) -> str:
         (folder / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
         provenance = {"submitted": time.time(), "by": getpass.getuser(), "host": socket.gethostname()}
         (folder / "submitted.json").write_text(json.dumps(provenance))  # also makes each package unique
-        env = {"MLFLOW_TRACKING_URI": tracking_uri}  # ray.init inside the job adds the rest
-        for name in ("RAY_AUTH_MODE", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            if os.environ.get(name):
-                env[name] = os.environ[name]
         return _submit_when_ready(
             jobs,
             entrypoint="labelcurve run study.yaml",
-            runtime_env={"working_dir": str(folder), "env_vars": env},
+            runtime_env={"working_dir": str(folder), "env_vars": job_env(tracking_uri)},
             metadata={"labelcurve.study": cfg.study},
         )
     finally:

@@ -10,6 +10,7 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def redacted(uri: str) -> str:
+    """``uri`` with any user and password replaced by ``***``, fit for a log line."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before compute, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
@@ -42,7 +52,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise TrackingError(
-            f"MLflow tracking server {uri} is not reachable ({reason}): start it or unset MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {redacted(uri)} is not reachable ({reason}): start it or unset MLFLOW_TRACKING_URI"
         ) from None
 
 

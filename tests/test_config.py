@@ -122,3 +122,24 @@ def test_backbones_refuse_image_sizes_they_cannot_take():
         backbone_options("resnet18", 16, cifar_stem=False)
     with pytest.raises(BackboneError, match="patch size 5 cannot tile 16 px images"):
         backbone_options("vit_tiny", 16, patch_size=5)
+
+
+def test_study_names_cannot_leave_the_storage_path():
+    with pytest.raises(ConfigError, match="study name '../../escape' may hold only letters, digits"):
+        load_config(None, ["study=../../escape"])
+    assert load_config(None, ["study=cifar10-cpu_v2.1"]).study == "cifar10-cpu_v2.1"
+
+
+def test_job_env_carries_no_secret(monkeypatch):
+    from cluster.jobs import job_env
+    from cluster.tracking import redacted
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    env = job_env("http://10.0.0.5:5000")
+    assert env == {"MLFLOW_TRACKING_URI": "http://10.0.0.5:5000", "RAY_AUTH_MODE": "token"}
+    with pytest.raises(ConfigError, match=r"http://\*\*\*@host:5000 carries a password") as refused:
+        job_env("http://user:hunter2@host:5000")
+    assert "hunter2" not in str(refused.value)
+    assert redacted("https://u:p@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
