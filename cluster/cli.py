@@ -72,6 +72,9 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         run_study(cfg)
     except USER_ERRORS as error:
         raise UserError(str(error)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished runs are recorded; run the same command again to resume", err=True)
+        sys.exit(130)
 
 
 JOBS_ADDRESS = click.option(
@@ -305,19 +308,17 @@ def models() -> None:
 @main.command()
 @click.argument("model")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Folder to write to.")
-def pull(model: str, output: str) -> None:
+@click.option("--force", is_flag=True, help="Write into a non-empty folder, replacing its backbone files.")
+def pull(model: str, output: str, force: bool) -> None:
     """Write a registered backbone to a folder: MODEL is NAME, NAME@ALIAS or NAME/VERSION.
 
     The folder gets model.safetensors (the weights) and card.json (architecture, input size,
     channels, normalization, provenance); load it with pretrain.load_backbone(FOLDER).
     """
-    from pathlib import Path
-
     from cluster.registry import pull as pull_model
 
-    Path(output).mkdir(parents=True, exist_ok=True)
     try:
-        folder, card = pull_model(_registry(), model, output)
+        folder, card = pull_model(_registry(), model, output, force)
     except USER_ERRORS as error:
         raise UserError(str(error)) from None
     click.echo(f"pulled {model} ({card.method} {card.backbone}, {card.in_channels}x{card.image_size}px) to {folder}")

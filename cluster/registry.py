@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -90,15 +91,25 @@ def models(client: MlflowClient) -> list[dict]:
     return rows
 
 
-def pull(client: MlflowClient, source: str, out: str | Path) -> tuple[Path, BackboneCard]:
-    """Write the backbone (``model.safetensors``) and its card (``card.json``) to ``out``."""
-    concrete = resolve(client, source)
-    folder = fetch(concrete, Path(out) / ".download")
-    _, card = read_backbone(folder)  # validates: safetensors weights and a readable card
+def pull(client: MlflowClient, source: str, out: str | Path, force: bool = False) -> tuple[Path, BackboneCard]:
+    """Write the backbone (``model.safetensors``) and its card (``card.json``) to ``out``.
+
+    The model is resolved and downloaded into a temporary folder first, so a name that does not
+    exist creates nothing; a non-empty ``out`` is refused unless ``force`` (then only the two
+    files are replaced, nothing else in it is touched).
+    """
     out = Path(out)
-    for item in folder.iterdir():
-        shutil.move(str(item), out / item.name)
-    shutil.rmtree(out / ".download", ignore_errors=True)
+    if out.exists() and not out.is_dir():
+        raise RegistryError(f"'{out}' is a file: pass a folder to write the backbone to")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RegistryError(f"'{out}' is not empty: pass an empty or new folder, or --force to overwrite its backbone")
+    concrete = resolve(client, source)
+    with tempfile.TemporaryDirectory(prefix="labelcurve-pull-") as staging:
+        folder = fetch(concrete, staging)
+        _, card = read_backbone(folder)  # validates: safetensors weights and a readable card
+        out.mkdir(parents=True, exist_ok=True)
+        for item in folder.iterdir():
+            shutil.move(str(item), out / item.name)
     return out, card
 
 

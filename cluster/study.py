@@ -154,6 +154,9 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
             tracking={"uri": tracker.uri, "run_id": run_id},
             max_bad_fraction=cfg.data.max_bad_fraction,
         )
+    except KeyboardInterrupt:
+        tracker.finish(run_id, "KILLED")
+        raise
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -326,7 +327,11 @@ def pretrain(
         ),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:  # Ray Train installs its own SIGINT handler and leaves it: one Ctrl+C must stop the study
+        signal.signal(signal.SIGINT, handler)
     metrics = result.metrics or {}
     if metrics.get("bad_items"):
         raise TooManyBadImages(

@@ -123,5 +123,15 @@ def test_register_pull_transfer(labelcurve, tmp_path):
 
     missing = labelcurve("pull", "nope", "-o", "x")
     assert missing.returncode == 2 and "no registered model 'nope'" in missing.stderr
+    assert not (tmp_path / "x").exists()  # nothing created for a model that does not exist
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    busy = labelcurve("pull", "digits04@latest", "-o", "mine")
+    assert busy.returncode == 2 and "'mine' is not empty" in busy.stderr and "--force" in busy.stderr
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    forced = labelcurve("pull", "digits04@latest", "-o", "mine", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert {p.name for p in (tmp_path / "mine").iterdir()} == {"notes.txt", "model.safetensors", "card.json"}
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     offline = labelcurve("models", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert offline.returncode == 2 and "is not reachable" in offline.stderr

@@ -187,33 +187,49 @@ def assert_ui_serves(cwd: Path, experiment_id: str, parent_id: str, n_runs: int)
         server.wait(timeout=30)
 
 
-def test_driver_killed_mid_sweep_resumes_and_duplicates_nothing(tmp_path):
+def _interrupt_mid_sweep(command, cwd: Path, log: Path, sig: int, after: int) -> subprocess.Popen:
+    """Start the driver, wait until ``after`` labeled runs are FINISHED, send ``sig`` once."""
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    finished = 0
+    while time.monotonic() < deadline and finished < after:
+        time.sleep(1)
+        # Read the store only once the driver created it: concurrent creation races MLflow's migrations.
+        if "MLflow: experiment" in log.read_text() and driver.poll() is None:
+            try:
+                client, experiment_id = store(cwd)
+                runs = runs_by_role(client, experiment_id).get("finetune", [])
+                finished = sum(r.info.status == "FINISHED" for r in runs)
+            except Exception:  # the store is still being created
+                finished = 0
+    assert driver.poll() is None, f"the study ended before it could be interrupted: {log.read_text()[-2000:]}"
+    assert finished >= after
+    driver.send_signal(sig)
+    return driver
+
+
+def test_interrupted_or_killed_driver_resumes_and_duplicates_nothing(tmp_path):
     args = ["study=tiny", *TINY[:-3], "finetune.budgets=[1, 2, 5, 10]", "finetune.seeds=[0, 1]", "finetune.steps=60"]
     command = [str(Path(sys.executable).parent / "labelcurve"), "run", *args]
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        driver = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+
+    # One Ctrl+C (SIGINT) during the sweep stops the study: exit 130, how to resume, nothing RUNNING.
+    driver = _interrupt_mid_sweep(command, tmp_path, tmp_path / "first.log", signal.SIGINT, after=4)
     try:
-        deadline = time.monotonic() + 240
-        finished = 0
-        while time.monotonic() < deadline and finished < 4:
-            time.sleep(1)
-            # Read the store only once the driver created it: concurrent creation races MLflow's migrations.
-            if "MLflow: experiment" in log.read_text() and driver.poll() is None:
-                try:
-                    client, experiment_id = store(tmp_path)
-                    runs = runs_by_role(client, experiment_id).get("finetune", [])
-                    finished = sum(r.info.status == "FINISHED" for r in runs)
-                except Exception:  # the store is still being created
-                    finished = 0
-        assert driver.poll() is None, f"the study ended before it could be interrupted: {log.read_text()[-2000:]}"
-        assert finished >= 4
+        assert driver.wait(timeout=60) == 130
     finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+        driver.kill()
+    assert "run the same command again to resume" in (tmp_path / "first.log").read_text()
     client, experiment_id = store(tmp_path)
+    roles = runs_by_role(client, experiment_id)
+    assert roles["study"][0].info.status == "KILLED" and roles["pretrain"][0].info.status == "FINISHED"
+    assert not [r for r in roles["finetune"] if r.info.status == "RUNNING"]
+
+    # A SIGKILLed driver loses only the runs in flight.
+    driver = _interrupt_mid_sweep(command, tmp_path, tmp_path / "second.log", signal.SIGKILL, after=8)
+    driver.wait()
     before = sum(r.info.status == "FINISHED" for r in runs_by_role(client, experiment_id)["finetune"])
-    assert 4 <= before < 24
+    assert 8 <= before < 24
 
     resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
