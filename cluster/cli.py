@@ -15,6 +15,7 @@ from finetune.budgets import BudgetError
 from finetune.curves import CurveError
 from pretrain.checkpoint import BackboneError
 from pretrain.data import DataError
+from pretrain.errors import ResourceError
 
 USER_ERRORS = (
     ConfigError,
@@ -25,6 +26,7 @@ USER_ERRORS = (
     CurveError,
     BackboneError,
     RegistryError,
+    ResourceError,
 )
 
 

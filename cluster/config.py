@@ -76,7 +76,7 @@ class PretrainConfig(_Section):
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(128, ge=2, description="per worker")
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
-    lr: float = Field(4e-3, gt=0)
+    lr: float = Field(4e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     min_scale: float = Field(0.4, gt=0, le=1)

@@ -249,13 +249,21 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
         labeled = _keep_classes(cfg.classes, classes, frame[frame.split != UNLABELED])
         frame = pd.concat([labeled, frame[frame.split == UNLABELED]], ignore_index=True)
         classes = tuple(cfg.classes)
+    if len(classes) < 2:
+        raise DataError(f"the data has one class ({classes[0]}): a classification study needs at least 2 class folders")
     if not (frame.split == TEST).any():
         pool = frame[frame.split == POOL]
         if np.bincount(pool.label).min() < 2:
             raise DataError("a class has fewer than 2 images: a stratified test split needs at least 2")
-        _, test_index = train_test_split(
-            pool.index, test_size=cfg.test_fraction, stratify=pool.label, random_state=cfg.split_seed
-        )
+        try:
+            _, test_index = train_test_split(
+                pool.index, test_size=cfg.test_fraction, stratify=pool.label, random_state=cfg.split_seed
+            )
+        except ValueError:  # fewer images left on one side than there are classes
+            raise DataError(
+                f"data.test_fraction={cfg.test_fraction} leaves a class no image in the labeled pool or the test "
+                "split: lower data.test_fraction or add images"
+            ) from None
         frame.loc[test_index, "split"] = TEST
     frame = _per_class_cap(frame, POOL, cfg.max_per_class, cfg.split_seed)
     frame = _per_class_cap(frame, TEST, cfg.max_test_per_class, cfg.split_seed)

@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 
 from pretrain.backbones import backbone_options, build_backbone, embed
 from pretrain.data import DataError, StudyData
+from pretrain.errors import ResourceError
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL
 from pretrain.methods import METHODS, build_method
@@ -275,6 +276,22 @@ def worker_resources(settings: dict) -> dict[str, float] | None:
     return {"CPU": settings["augment_cpus"]}
 
 
+def check_resources(settings: dict) -> None:
+    """Refuse, before Ray Train waits for them forever, workers that the cluster cannot hold."""
+    per_worker = dict(worker_resources(settings) or {"CPU": 1})
+    if settings["use_gpu"]:
+        per_worker.setdefault("GPU", 1)
+    total = ray.cluster_resources()
+    for resource, amount in per_worker.items():
+        need = amount * settings["num_workers"]
+        if need > total.get(resource, 0):
+            fix = "set pretrain.use_gpu=false or add GPU nodes" if resource == "GPU" else "lower pretrain.num_workers"
+            raise ResourceError(
+                f"pretraining asks for {need:g} {resource} ({settings['num_workers']} workers x {amount:g}) and the "
+                f"Ray cluster has {total.get(resource, 0):g}: {fix} or pretrain.resources_per_worker"
+            )
+
+
 def pretrain(
     settings: dict,
     data: StudyData,
@@ -291,6 +308,7 @@ def pretrain(
     through Ray Data; when more than ``max_bad_fraction`` of them fail to decode, training stops
     and :class:`TooManyBadImages` names the first bad files.
     """
+    check_resources(settings)
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))

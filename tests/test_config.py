@@ -143,3 +143,8 @@ def test_job_env_carries_no_secret(monkeypatch):
         job_env("http://user:hunter2@host:5000")
     assert "hunter2" not in str(refused.value)
     assert redacted("https://u:p@mlflow.example.com/x") == "https://***@mlflow.example.com/x"
+
+
+def test_infinite_learning_rate_is_refused():
+    with pytest.raises(ConfigError, match=r"config key 'pretrain\.lr'"):
+        load_config(None, ["pretrain.lr=.inf"])

@@ -222,3 +222,12 @@ def test_online_knn_slice_is_a_stratified_split_of_the_pool_only():
     slice_pixels = {x.tobytes() for x in data.source.read_many(data.items(POOL))[0].numpy()}
     assert not test_pixels & slice_pixels  # the slice comes from the pool, which shares no image with the test split
     assert knn_subset(data, 5) is None  # 10 classes cannot be stratified into 5 images
+
+
+def test_one_class_and_a_test_split_that_empties_a_class_are_one_line_errors(tmp_path):
+    write_image_folder(tmp_path / "one", {"a": 5})
+    with pytest.raises(DataError, match="the data has one class"):
+        plan_data(DataConfig(name="folder", path=str(tmp_path / "one")))
+    write_image_folder(tmp_path / "two", {"a": 2, "b": 8})
+    with pytest.raises(DataError, match="leaves a class no image in the labeled pool or the test split"):
+        plan_data(DataConfig(name="folder", path=str(tmp_path / "two"), test_fraction=0.9))

@@ -100,3 +100,19 @@ def test_unreadable_rows_are_flagged_not_fatal(digits, tmp_path):
     out = make_views(batch, data.source, transform, seed=0)
     assert out["ok"].tolist() == [True, False]
     assert out["view0"].shape[0] == 2 and not out["view0"][1].any()
+
+
+def test_workers_the_cluster_cannot_hold_are_refused_before_training():
+    from pretrain.errors import ResourceError
+    from pretrain.train import check_resources
+
+    settings = PretrainConfig(num_workers=1000).model_dump()
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(ResourceError, match=r"asks for 500 CPU \(1000 workers x 0.5\) and the Ray cluster has 2"):
+            check_resources(settings)
+        with pytest.raises(ResourceError, match=r"set pretrain\.use_gpu=false or add GPU nodes"):
+            check_resources({**settings, "num_workers": 2, "use_gpu": True})
+        check_resources({**settings, "num_workers": 2})
+    finally:
+        ray.shutdown()
