@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from dataclasses import field as dc_field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain.backbones import BackboneError, build_backbone
+from pretrain.backbones import BACKBONES, BackboneError, build_backbone
 from pretrain.views import EvalTransform
 
 WEIGHTS_FILE, CARD_FILE = "model.safetensors", "card.json"
@@ -31,24 +35,40 @@ class UnsafeCheckpointError(BackboneError):
     """A checkpoint whose pickle would execute code; it is refused, never run."""
 
 
-@dataclass(frozen=True)
+_Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e3, le=1e3)]
+_Positive = Annotated[float, Field(allow_inf_nan=False, gt=1e-6, le=1e3)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class BackboneCard:
-    """What a backbone needs to be used on a new task, and where it came from."""
+    """What a backbone needs to be used on a new task, and where it came from.
+
+    A pydantic dataclass: a card read from disk is checked (types, bounds, no unknown keys)
+    before anything is built from it, so a hostile card cannot make us allocate or divide by 0.
+    """
 
     backbone: str
-    in_channels: int
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    feature_dim: int
-    options: dict = field(default_factory=dict)  # resolved build options: cifar_stem, patch_size
-    method: str = ""
-    dataset: str = ""
-    epochs: int = 0
-    knn_accuracy: float | None = None
-    study: str = ""
-    run_id: str = ""
-    extra: dict = field(default_factory=dict)
+    in_channels: Literal[1, 3]
+    image_size: Annotated[int, Field(ge=4, le=1024)]
+    mean: Annotated[list[_Finite], Field(min_length=1, max_length=3)]
+    std: Annotated[
+        list[Annotated[float, Field(allow_inf_nan=False, gt=1e-6, le=1e3)]], Field(min_length=1, max_length=3)
+    ]
+    feature_dim: Annotated[int, Field(ge=1, le=65536)]
+    options: dict[str, bool | Annotated[int, Field(ge=1, le=1024)]] = dc_field(default_factory=dict)
+    method: Annotated[str, Field(max_length=100)] = ""
+    dataset: Annotated[str, Field(max_length=200)] = ""
+    epochs: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    knn_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    study: Annotated[str, Field(max_length=200)] = ""
+    run_id: Annotated[str, Field(max_length=100)] = ""
+    extra: dict[str, str | int | float | bool | None] = dc_field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone '{self.backbone}'")
+        if not len(self.mean) == len(self.std) == self.in_channels:
+            raise ValueError(f"mean and std need {self.in_channels} values, one per channel")
 
     def tags(self) -> dict[str, str]:
         """Flat string tags for the model registry."""
@@ -68,7 +88,19 @@ def read_card(folder: str | Path) -> BackboneCard:
     path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise BackboneError(f"no {CARD_FILE} in '{folder}': a backbone folder needs its model card")
-    return BackboneCard(**json.loads(path.read_text()))
+    if path.stat().st_size > 1_000_000:
+        raise BackboneError(f"{path} is over 1 MB: a model card is a few hundred bytes, this is not one")
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        return BackboneCard(**raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "card"
+        raise BackboneError(f"{path}: '{key}': {first['msg']}: fix or replace the model card") from None
+    except (ValueError, TypeError, RecursionError) as error:
+        raise BackboneError(f"{path} is not a valid model card ({str(error)[:100]}): fix or replace it") from None
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -65,3 +65,34 @@ def test_missing_sources_and_cards_are_named(tmp_path):
         load_backbone(str(tmp_path / "nowhere"))
     with pytest.raises(BackboneError, match=r"no card\.json"):
         load_backbone(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"surprise": 1}, "'surprise': Unexpected keyword argument"),
+        ({"image_size": "big"}, "'image_size'"),
+        ({"in_channels": 10**12}, "'in_channels'"),
+        ({"feature_dim": 10**12}, "'feature_dim'"),
+        ({"std": [0]}, "'std.0'"),
+        ({"mean": [float("nan")]}, "'mean.0'"),
+        ({"backbone": "resnet9000"}, "unknown backbone 'resnet9000'"),
+        ({"mean": [0.1, 0.2, 0.3]}, "mean and std need 1 values"),
+    ],
+)
+def test_hostile_cards_are_refused_before_anything_is_built(tmp_path, change, fragment):
+    import json
+    from dataclasses import asdict
+
+    save_backbone(tmp_path, build_backbone("small_cnn", 1).state_dict(), CARD)
+    (tmp_path / "card.json").write_text(json.dumps({**asdict(CARD), **change}))
+    with pytest.raises(BackboneError, match=fragment.replace("(", r"\(").replace("[", r"\[")) as refused:
+        load_backbone(str(tmp_path))
+    assert "\n" not in str(refused.value)
+
+
+def test_deeply_nested_card_is_refused(tmp_path):
+    save_backbone(tmp_path, build_backbone("small_cnn", 1).state_dict(), CARD)
+    (tmp_path / "card.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BackboneError, match="is not a valid model card"):
+        load_backbone(str(tmp_path))
