@@ -59,7 +59,8 @@ def connect(address: str | None) -> None:
     try:
         # In-process on a small machine, Ray would stop idle worker processes beyond one per CPU;
         # Ray Data's decode and augment tasks would then re-import torch every epoch.
-        local = {} if address else {"_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4}}
+        starts_one = not address and not os.environ.get("RAY_ADDRESS")  # a job's driver joins its cluster
+        local = {"_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4}} if starts_one else {}
         ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS, **local)
     except AuthenticationError:
         raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 TINY = [
+    "pretrain.resources_per_worker={CPU: 1.5}",
     "pretrain.epochs=2",
     "pretrain.batch_size=64",
     "finetune.budgets=[1, 2]",
@@ -53,9 +54,15 @@ def wait_for(url: str, seconds: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (1 CPU, dashboard + Jobs API) + worker node (1 CPU) + MLflow server, all on 127.0.0.1."""
+    """Head (2 CPUs, dashboard + Jobs API) + worker node (2 CPUs) + MLflow server, all on 127.0.0.1.
+
+    Each Ray Train worker asks for 1.5 CPUs (``TINY``), so one fits per node and the group must
+    span both; the rest of each node runs the Ray Data tasks that decode and augment."""
     root = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    # Nodes of 2 CPUs would stop idle worker processes beyond 2, and Ray Data's decode tasks would
+    # re-import torch for every block; nodes of real clusters have the CPUs to keep them.
+    env["RAY_num_workers_soft_limit"] = "12"
     env.pop("MLFLOW_TRACKING_URI", None)
     ray = str(BIN / "ray")
     gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
@@ -71,7 +78,7 @@ def cluster(tmp_path_factory):
             "--port",
             str(gcs),
             "--num-cpus",
-            "1",
+            "2",
             "--dashboard-host",
             "127.0.0.1",
             "--dashboard-port",
@@ -79,7 +86,7 @@ def cluster(tmp_path_factory):
             "--disable-usage-stats",
         ]
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
-        worker = [ray, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+        worker = [ray, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "2"]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
         server = subprocess.Popen(
             [
@@ -99,7 +106,7 @@ def cluster(tmp_path_factory):
             start_new_session=True,
         )
         address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
-        wait_for(f"{tracking}/health")
+        wait_for(f"{tracking}/health", seconds=240)  # 4 server workers import MLflow beside 2 Ray nodes
         wait_for(f"{address}/api/version")
         yield {"address": address, "tracking": tracking, "root": root, "env": {**env, "MLFLOW_TRACKING_URI": tracking}}
     finally:
@@ -165,6 +172,7 @@ def test_killed_training_worker_costs_a_restart_not_the_study(cluster):
         cluster,
         "killed",
         "pretrain.epochs=6",
+        "pretrain.resources_per_worker={CPU: 1.5}",
         "pretrain.checkpoint_every=1",
         "pretrain.batch_size=64",
         "finetune.arms=[ssl-linear]",
