@@ -42,8 +42,29 @@ class DataError(ValueError):
     """A data problem, phrased as one line for the user."""
 
 
+class _Images:
+    """What a plan and its verified data share: the classes, the manifest and the decoder."""
+
+    classes: tuple[str, ...]
+    frame: pd.DataFrame
+    source: ImageSource
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class in the labeled pool."""
+        pool = self.frame.label[self.frame.split == POOL].to_numpy(np.int64)
+        return dict(zip(self.classes, np.bincount(pool, minlength=len(self.classes)).tolist(), strict=True))
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
+
+
 @dataclass
-class DataPlan:
+class DataPlan(_Images):
     """What a study will use, listed but not decoded: the manifest and how to decode its items."""
 
     classes: tuple[str, ...]
@@ -55,25 +76,13 @@ class DataPlan:
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame.split == name]
 
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.split(POOL).label.to_numpy(), minlength=len(self.classes))
-        return dict(zip(self.classes, counts.tolist(), strict=True))
-
     @property
     def digest(self) -> str:
         return digest(self.frame)
 
-    @property
-    def image_size(self) -> int:
-        return self.source.image_size
-
-    @property
-    def channels(self) -> int:
-        return self.source.channels
-
 
 @dataclass(frozen=True)
-class StudyData:
+class StudyData(_Images):
     """A verified plan: readable items only, normalization statistics, what was dropped and why."""
 
     classes: tuple[str, ...]
@@ -87,14 +96,6 @@ class StudyData:
     leaked: int = 0  # test images also in the pool (same file or same pixels), left out of the test split
     skipped_files: list[str] = field(default_factory=list)
 
-    @property
-    def channels(self) -> int:
-        return self.source.channels
-
-    @property
-    def image_size(self) -> int:
-        return self.source.image_size
-
     def items(self, split: str) -> list[str]:
         return self.frame.item[self.frame.split == split].tolist()
 
@@ -105,10 +106,6 @@ class StudyData:
     def pretraining_items(self) -> list[str]:
         """The pretraining pool: the labeled pool (its labels unused) and any extra unlabeled images."""
         return self.frame.item[self.frame.split != TEST].tolist()
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels(POOL), minlength=len(self.classes))
-        return dict(zip(self.classes, counts.tolist(), strict=True))
 
 
 def _location(where: str, key: str) -> Location:
