@@ -4,8 +4,9 @@ Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each si
 process: the time to list and split it, the peak resident memory of the driver and of the
 largest Ray worker (VmHWM of every Ray process, sampled), and the pretraining throughput of one
 epoch (small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data). The same
-run trains the in-memory baseline (every image decoded into one tensor, ``ray.put``, a DataLoader
-per worker: the data path before the manifest) at the smallest size. Separately, it times
+run trains, at the smallest size, ``pretrain.input=local`` (each worker decodes and augments its
+own shard) and the in-memory baseline (every image decoded into one tensor, ``ray.put``, a
+DataLoader per worker: the data path before the manifest). Separately, it times
 listing a folder of empty files (``--list-files``).
 
     python benchmarks/data_scale.py --sizes 10000 50000 200000 --list-files 1000000
@@ -78,8 +79,8 @@ class WorkerPeak(threading.Thread):
                     self.peak = max(self.peak, _peak_mb(process.pid))
 
 
-def measure(folder: Path, baseline: bool) -> dict:
-    """One size in this process: listing, then one epoch of pretraining (streamed or in memory)."""
+def measure(folder: Path, path: str) -> dict:
+    """One size in this process: listing, then one epoch of pretraining along ``path``."""
     from cluster.config import DataConfig, PretrainConfig
     from cluster.ray_runtime import connect
     from pretrain.data import load_data, plan_data
@@ -89,12 +90,18 @@ def measure(folder: Path, baseline: bool) -> dict:
     listing = time.perf_counter() - started
     data = load_data(plan)
     settings = PretrainConfig(
-        epochs=1, batch_size=128, warmup_epochs=0, online_knn=0, num_workers=2, storage_path=str(folder / "runs")
+        epochs=1,
+        batch_size=128,
+        warmup_epochs=0,
+        online_knn=0,
+        num_workers=2,
+        storage_path=str(folder / "runs"),
+        input="local" if path == "local" else "stream",
     ).model_dump()
     connect(None)
     watcher = WorkerPeak()
     watcher.start()
-    if baseline:
+    if path == "in-memory":
         rate = in_memory_epoch(settings, data)
     else:
         from pretrain.train import pretrain
@@ -197,17 +204,17 @@ def main() -> None:
     parser.add_argument("--list-files", type=int, default=1_000_000)
     parser.add_argument("--root", type=Path, default=Path("/tmp/labelcurve-data-scale"))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="stream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.baseline)), flush=True)
+        print("RESULT " + json.dumps(measure(args.child, args.path)), flush=True)
         return
     rows = []
-    runs = [(size, False) for size in args.sizes] + [(min(args.sizes), True)]
-    for size, baseline in runs:
+    runs = [(size, "stream") for size in args.sizes] + [(min(args.sizes), p) for p in ("local", "in-memory")]
+    for size, path in runs:
         folder = write_folder(args.root, size)
         child = subprocess.run(
-            [sys.executable, __file__, "--child", str(folder), *(["--baseline"] if baseline else [])],
+            [sys.executable, __file__, "--child", str(folder), "--path", path],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -215,7 +222,7 @@ def main() -> None:
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:
             sys.exit(f"size {size} failed:\n{child.stderr[-3000:]}")
-        rows.append({"path": "in-memory" if baseline else "stream", **json.loads(lines[0][7:])})
+        rows.append({"path": path, **json.loads(lines[0][7:])})
         print(rows[-1], flush=True)
     print(f"\n{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'img/s':>7}")
     for r in rows:
@@ -225,11 +232,13 @@ def main() -> None:
         )
     stream = [r for r in rows if r["path"] == "stream"]
     memory = next(r for r in rows if r["path"] == "in-memory")
+    local = next(r for r in rows if r["path"] == "local")
     small, large = stream[0], stream[-1]
     driver, worker = (large[k] / small[k] for k in ("driver_peak_mb", "worker_peak_mb"))
     print(
         f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; largest worker: {worker:.2f}x; "
-        f"stream vs in-memory images/s at {small['images']}: {small['images_per_s'] / memory['images_per_s']:.2f}"
+        f"stream vs in-memory images/s at {small['images']}: {small['images_per_s'] / memory['images_per_s']:.2f}; "
+        f"local vs in-memory: {local['images_per_s'] / memory['images_per_s']:.2f}"
     )
     if args.list_files:
         seconds, found = list_empty_files(args.root, args.list_files)

@@ -97,6 +97,11 @@ class PretrainConfig(_Section):
     online_knn: int = Field(
         1000, ge=0, description="labeled pool images for the kNN accuracy logged every epoch (0: off)"
     )
+    input: Literal["auto", "stream", "local"] = Field(
+        "auto",
+        description="stream: decode+augment in Ray Data tasks; local: each worker its own shard (small pools); "
+        "auto: local up to 20,000 images",
+    )
     augment_cpus: float = Field(
         0.5, gt=0, le=64, description="CPUs each Ray Data decode+augment task reserves (and a CPU worker)"
     )

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cluster.config import StudyConfig
 from cluster.console import make_console
+from cluster.embeddings import StudyEmbeddings
 from cluster.ray_runtime import check_ray_address, connect
 from cluster.registry import default_model_name, register, resolve, use_store
 from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
@@ -26,7 +27,7 @@ from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, summary_table
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
-from pretrain.backbones import backbone_options, build_backbone, embed_items
+from pretrain.backbones import backbone_options, build_backbone
 from pretrain.checkpoint import (
     ARTIFACT_DIR,
     BackboneCard,
@@ -101,7 +102,13 @@ def _options(cfg: StudyConfig, data: StudyData) -> dict:
     return backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size)
 
 
-def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: str = "") -> BackboneCard:
+def _card(
+    cfg: StudyConfig,
+    data: StudyData,
+    state: dict | None = None,
+    run_id: str = "",
+    embeddings: StudyEmbeddings | None = None,
+) -> BackboneCard:
     """Architecture, input and normalization of the study's backbone; with weights, its kNN accuracy."""
     card = BackboneCard(
         backbone=cfg.pretrain.backbone,
@@ -121,16 +128,16 @@ def _card(cfg: StudyConfig, data: StudyData, state: dict | None = None, run_id: 
     )
     if state is None:
         return card
-    return replace(card, knn_accuracy=round(_test_knn(build_from_state(state, card), data), 4))
+    return replace(card, knn_accuracy=round(_test_knn(build_from_state(state, card), data, embeddings, SSL), 4))
 
 
-def _test_knn(backbone, data: StudyData) -> float:
+def _test_knn(backbone, data: StudyData, embeddings: StudyEmbeddings, name: str) -> float:
     """kNN accuracy on the test split with the labeled pool as the bank."""
-    pool, test = (embed_items(backbone, data.source, data.items(s), data.mean, data.std) for s in (POOL, TEST))
+    pool, test = embeddings.features(name, backbone, data.mean, data.std)
     return knn_accuracy(pool, data.labels(POOL), test, data.labels(TEST))
 
 
-def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console: Console) -> dict:
+def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console) -> dict:
     """The backbone weights: from a FINISHED pretraining run of this study, else trained now,
     saved as safetensors with its card, and registered as a new model version."""
     previous = tracker.children(parent, PRETRAIN).get(PRETRAIN)
@@ -160,9 +167,10 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, console:
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
-    card = _card(cfg, data, result.backbone_state, run_id)
+    card = _card(cfg, data, result.backbone_state, run_id, embeddings)
     torch.manual_seed(cfg.seed)  # the init pretraining started from
-    random_init = _test_knn(build_backbone(p.backbone, data.channels, data.image_size, **card.options), data)
+    initial = build_backbone(p.backbone, data.channels, data.image_size, **card.options)
+    random_init = _test_knn(initial, data, embeddings, "random-init")
     metrics = {
         "pretrain_seconds": result.seconds,
         "knn_accuracy": card.knn_accuracy,
@@ -194,14 +202,27 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> di
     needed = {arm.start for arm in arms}
     probed = {arm.start for arm in arms if arm.head == LINEAR}
     starts, options = {}, _options(cfg, data)
+    embeddings = StudyEmbeddings(tracker, parent, data)
+
+    def embed(name: str, mean, std):
+        return (lambda backbone: embeddings.features(name, backbone, mean, std)) if name in probed else None
+
     if SSL in needed:
-        state = _pretrained_backbone(cfg, data, tracker, parent, console)
-        starts[SSL] = make_start(data, cfg.pretrain.backbone, options, state, data.mean, data.std, SSL in probed)
+        state = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console)
+        starts[SSL] = make_start(
+            data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, data.mean, data.std)
+        )
     if SCRATCH_START in needed:
-        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std, False)
+        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std)
     if TRANSFER in needed:
         state, card = prepared.transfer
-        starts[TRANSFER] = make_start(data, card.backbone, card.options, state, card.mean, card.std, TRANSFER in probed)
+        starts[TRANSFER] = make_start(
+            data, card.backbone, card.options, state, card.mean, card.std, embed(TRANSFER, card.mean, card.std)
+        )
+    if embeddings.reused:
+        console.print(
+            f"embeddings: {embeddings.reused} feature sets of the pool and test split read back from the study run"
+        )
     return starts
 
 

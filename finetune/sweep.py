@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from finetune.arms import BY_NAME, LINEAR
 from finetune.budgets import Budget, subset_indices
 from finetune.heads import fine_tune, linear_probe, predict
-from pretrain.backbones import build_backbone, embed_items
+from pretrain.backbones import build_backbone
 from pretrain.data import StudyData
 from pretrain.images import ImageSource
 from pretrain.manifest import POOL, TEST
@@ -104,13 +104,20 @@ def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSp
     return [RunSpec(a, b, s) for b, s, a in itertools.product(budgets, seeds, arms)]
 
 
-def make_start(data: StudyData, backbone: str, options: dict, state: dict | None, mean, std, linear: bool) -> Start:
-    """A start normalized with the statistics its backbone was trained with; for a linear probe,
-    the frozen embeddings of the pool and the test split, computed once."""
+def make_start(
+    data: StudyData,
+    backbone: str,
+    options: dict,
+    state: dict | None,
+    mean,
+    std,
+    embed: Callable[[torch.nn.Module], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Start:
+    """A start normalized with the statistics its backbone was trained with; with ``embed`` (for a
+    linear probe), the frozen features of the pool and the test split that ``embed`` returns."""
     start = Start(backbone, data.channels, data.image_size, options, state, tuple(mean), tuple(std))
-    if linear and state is not None:
-        frozen = start.build()
-        pool, test = (embed_items(frozen, data.source, data.items(s), mean, std) for s in (POOL, TEST))
+    if embed is not None and state is not None:
+        pool, test = embed(start.build())
         return replace(start, pool_features=pool, test_features=test)
     return start
 

@@ -1,11 +1,13 @@
 """Pretraining input through Ray Data: manifest rows -> decode + multi-view augment -> Train shards.
 
-The driver builds one :class:`ray.data.Dataset` over the pretraining items; Ray Train splits it
-across workers (``streaming_split(equal=True)``: every row goes to exactly one rank per epoch).
-The dataset is re-executed every epoch, and both the file order and each image's augmentation
-are drawn from the study seed and Ray Data's execution index (the epoch), so every epoch and
-every rank gets new draws, reproducibly. Decoding and augmentation run in Ray Data tasks, on any
-CPU of the cluster, never in the training process; no process holds the pool.
+The driver builds one :class:`ray.data.Dataset` that holds every epoch of a run, each a new
+permutation of the pretraining items drawn from (study seed, epoch); Ray Train splits it across
+workers (``streaming_split(equal=True)``: every row goes to exactly one rank). One execution
+covers all epochs, so the pipeline stays full across epoch boundaries instead of draining and
+starting again every epoch (on a small pool that restart cost more than the augmentations).
+Each image's augmentation is drawn from (seed, epoch, row): new draws every epoch and on every
+rank, reproducibly. Decoding and augmentation run in Ray Data read tasks, on any CPU of the
+cluster, never in the training process; no process holds the pool.
 """
 
 from __future__ import annotations
@@ -20,124 +22,213 @@ import pyarrow as pa
 import ray
 import torch
 from ray.data import DataContext
-from ray.data.block import BlockMetadata
+from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pretrain.images import ImageSource
 from pretrain.views import to_pil
 
-ROWS_PER_TASK = 1000
+ROWS_PER_TASK = 1000  # images a read task decodes and augments
+VIEW_BATCH = 32  # images per block a read task yields
 
 
 def make_views(batch: dict[str, np.ndarray], source: ImageSource, transform, seed: int) -> dict[str, np.ndarray]:
-    """Decode and augment a batch of rows; runs in Ray Data tasks.
+    """Decode and augment a batch of (epoch, row, item) rows.
 
     Each image's draws are seeded by (study seed, epoch, row), so they differ per epoch and
-    rank yet repeat on a re-run. Unreadable items give ``ok=False`` rows with zero views, which
-    the training side drops and counts.
+    rank yet repeat on a re-run; the caller's random streams are left as they were. Unreadable
+    items give ``ok=False`` rows with zero views, which the training side drops and counts.
     """
-    epoch = DataContext.get_current()._execution_idx  # what Ray's own seeded shuffles use per epoch
-    rows, items = batch["row"], batch["item"]
     views: list[list[torch.Tensor] | None] = []
-    for row, item in zip(rows, items, strict=True):
-        array = source.read(str(item))
-        if array is None:
-            views.append(None)
-            continue
-        draw = hash((seed, epoch, int(row))) % 2**32
-        torch.default_generator.manual_seed(draw)  # the CPU generator only: torch.manual_seed also seeds CUDA
-        random.seed(draw)
-        np.random.seed(draw)
-        views.append(transform(to_pil(array)))
-    template = next((v for v in views if v is not None), None)
-    if template is None:  # a batch of only unreadable files: the shapes come from a black image
-        template = transform(to_pil(np.zeros((source.channels, source.image_size, source.image_size), np.uint8)))
-    out = {"row": rows, "ok": np.array([v is not None for v in views]), "item": items}
+    states = random.getstate(), np.random.get_state()  # the caller's streams go on unchanged
+    with torch.random.fork_rng(devices=[]):
+        for epoch, row, item in zip(batch["epoch"], batch["row"], batch["item"], strict=True):
+            array = source.read(str(item))
+            if array is None:
+                views.append(None)
+                continue
+            draw = hash((seed, int(epoch), int(row))) % 2**32
+            torch.default_generator.manual_seed(draw)  # the CPU generator only: torch.manual_seed also seeds CUDA
+            random.seed(draw)
+            np.random.seed(draw)
+            views.append(transform(to_pil(array)))
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    template = next((v for v in views if v is not None), None) or blank_views(source, transform)
+    out = {**batch, "ok": np.array([v is not None for v in views])}
     for i, like in enumerate(template):
         out[f"view{i}"] = np.stack([(v[i] if v is not None else torch.zeros_like(like)).numpy() for v in views])
     return out
 
 
-class ShuffledItems(Datasource):
-    """The pretraining items in a new random order every epoch, drawn from (seed, epoch).
+def blank_views(source: ImageSource, transform) -> list[torch.Tensor]:
+    """The views of a black image: their shapes, for batches without a readable image."""
+    return transform(to_pil(np.zeros((source.channels, source.image_size, source.image_size), np.uint8)))
 
-    Each read task draws the epoch's permutation itself and emits its slice of it, so the shuffle
-    needs no all-to-all exchange and fuses with decoding into one task. The items live once in
-    the object store as an Arrow array that every task maps without copying.
+
+class ViewStream(Datasource):
+    """``epochs`` epochs of views, each epoch a new order of the items drawn from (seed, epoch).
+
+    A read task draws its epoch's permutation itself, takes its slice, and decodes and augments
+    it: no all-to-all shuffle, no second stage. The items live once in the object store as an
+    Arrow array that every task maps without copying. A re-execution (a restarted worker group)
+    continues with the next ``epochs`` epochs' orders.
     """
 
-    def __init__(self, items: list[str], seed: int, rows_per_task: int = ROWS_PER_TASK) -> None:
-        self.items, self.n, self.seed = ray.put(pa.array(items, pa.string())), len(items), seed
-        self.rows_per_task = max(64, min(rows_per_task, math.ceil(self.n / 16)))
+    def __init__(self, items: list[str], source: ImageSource, transform, seed: int, epochs: int) -> None:
+        self.items, self.n = ray.put(pa.array(items, pa.string())), len(items)
+        self.source, self.transform, self.seed, self.epochs = source, transform, seed, epochs
+        tasks = math.ceil(self.n / ROWS_PER_TASK)
+        self.bounds = [self.n * i // tasks for i in range(tasks + 1)]
+        views = blank_views(source, transform)  # their size, for Ray Data's memory budget
+        self.row_bytes = sum(v.numel() * v.element_size() for v in views) + 64
 
     def estimate_inmemory_data_size(self) -> int:
-        return self.n * 64
+        return self.n * self.epochs * self.row_bytes
 
     def get_read_tasks(self, parallelism: int, **_) -> list[ReadTask]:
-        bounds = [*range(0, self.n, self.rows_per_task), self.n]
-        return [self._task(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        spans = itertools.pairwise(self.bounds)
+        return [self._task(k, lo, hi) for k, (lo, hi) in itertools.product(range(self.epochs), spans)]
 
-    def _task(self, lo: int, hi: int) -> ReadTask:
-        items, n, seed = self.items, self.n, self.seed
+    def _task(self, k: int, lo: int, hi: int) -> ReadTask:
+        items, n, seed, epochs = self.items, self.n, self.seed, self.epochs
+        source, transform = self.source, self.transform
 
         def read() -> Iterator[pa.Table]:
-            epoch = DataContext.get_current()._execution_idx
+            epoch = DataContext.get_current()._execution_idx * epochs + k
             rows = np.random.default_rng([seed, epoch]).permutation(n)[lo:hi]
-            yield pa.table({"row": rows, "item": ray.get(items).take(rows)})
+            names = ray.get(items).take(rows).to_numpy(zero_copy_only=False)
+            for i in range(0, len(rows), VIEW_BATCH):
+                part = {"epoch": np.full(len(rows[i : i + VIEW_BATCH]), epoch), "row": rows[i : i + VIEW_BATCH]}
+                part["item"] = names[i : i + VIEW_BATCH]
+                yield BlockAccessor.batch_to_block(make_views(part, source, transform, seed))
 
-        return ReadTask(
-            read, BlockMetadata(num_rows=hi - lo, size_bytes=(hi - lo) * 64, input_files=None, exec_stats=None)
-        )
+        size = (hi - lo) * self.row_bytes
+        return ReadTask(read, BlockMetadata(num_rows=hi - lo, size_bytes=size, exec_stats=None, input_files=None))
 
 
 def pretraining_dataset(
-    items: list[str], source: ImageSource, transform, seed: int, cpus_per_task: float = 0.5, batch_size: int = 32
+    items: list[str], source: ImageSource, transform, seed: int, epochs: int, cpus_per_task: float = 0.5
 ) -> ray.data.Dataset:
-    """The stream a pretraining run consumes: rows in a new order every epoch, decoded and
-    augmented in Ray Data tasks."""
-    return ray.data.read_datasource(
-        ShuffledItems(items, seed), ray_remote_args={"num_cpus": cpus_per_task}
-    ).map_batches(
-        make_views,
-        fn_kwargs={"source": source, "transform": transform, "seed": seed},
-        batch_size=batch_size,
-        num_cpus=cpus_per_task,
-        batch_format="numpy",
-    )
+    """The stream a pretraining run consumes: ``epochs`` epochs of views, decoded and augmented
+    in Ray Data tasks of ``cpus_per_task`` CPUs each. Ray Data's own progress bars stay off: the
+    training side prints a line per epoch."""
+    DataContext.get_current().enable_progress_bars = False
+    return ray.data.read_datasource(ViewStream(items, source, transform, seed, epochs), num_cpus=cpus_per_task)
 
 
-def rows_per_rank(n: int, world: int) -> int:
-    """Rows each rank receives per epoch: ``streaming_split(equal=True)`` gives every rank the
-    same count and leaves out the remainder (fewer than ``world`` rows)."""
-    return n // world
+def steps_per_epoch(n: int, world: int, batch_size: int, epochs: int) -> list[int]:
+    """The steps of each epoch on every rank: one stream of ``epochs`` epochs gives each rank
+    ``epochs * n // world`` rows (``streaming_split(equal=True)`` leaves out a remainder of fewer
+    than ``world`` rows), in full batches spread evenly over the epochs. So the only images left
+    out of a run are that remainder and each rank's last incomplete batch."""
+    total = epochs * n // world // batch_size
+    return [(k + 1) * total // epochs - k * total // epochs for k in range(epochs)]
 
 
 class ShardBatches:
-    """The iterable Lightning trains on: one pass over this rank's shard per epoch.
+    """The iterable Lightning trains on: this rank's shard, ``steps[epoch]`` batches per epoch.
 
-    Yields the list of view batches a method's ``loss`` takes; the last incomplete batch is
-    dropped, so every rank takes the same number of steps. Rows that failed to decode are left
-    out of their batch and counted in ``bad`` (with the first few items in ``bad_items``).
+    One iterator over the shard lives across epochs (a new one only if a stream runs out), so
+    the next epoch's views are already on their way while this one ends. Yields the list of view
+    batches a method's ``loss`` takes. Rows that failed to decode are left out of their batch and
+    counted in ``bad`` (with the first few items in ``bad_items``).
     """
 
-    def __init__(self, shard, batch_size: int, steps: int) -> None:
+    def __init__(self, shard, batch_size: int, steps: list[int]) -> None:
         self.shard, self.batch_size, self.steps = shard, batch_size, steps
-        self.rows: list[np.ndarray] = []  # rows of the current epoch, for audits and tests
+        self.epoch = 0  # epochs started by this process
+        self.seen: list[np.ndarray] = []  # (epoch, row) pairs of the current epoch, for audits and tests
+        self.images = 0  # rows of the current epoch, readable or not
         self.bad, self.bad_items = 0, []
+        self._batches: Iterator[dict[str, np.ndarray]] | None = None
 
     def __len__(self) -> int:
-        return self.steps
+        return max(self.steps)
+
+    def _stream(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(
+            self.shard.iter_batches(
+                batch_size=self.batch_size, drop_last=True, batch_format="numpy", prefetch_batches=4
+            )
+        )
+
+    def _next(self) -> dict[str, np.ndarray] | None:
+        if self._batches is None:
+            self._batches = self._stream()
+        batch = next(self._batches, None)
+        if batch is None:
+            self._batches = None
+        return batch
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        self.rows = []
-        batches = self.shard.iter_batches(
-            batch_size=self.batch_size, drop_last=True, batch_format="numpy", prefetch_batches=4
-        )
-        for batch in batches:
+        self.seen, self.images = [], 0
+        steps = self.steps[min(self.epoch, len(self.steps) - 1)]
+        self.epoch += 1
+        for _ in range(steps):
+            batch = self._next()
+            if batch is None:
+                return
             ok = batch["ok"]
-            self.rows.append(batch["row"][ok])
+            self.seen.append(np.stack([batch["epoch"][ok], batch["row"][ok]], axis=1))
             if not ok.all():
                 self.bad += int((~ok).sum())
                 self.bad_items += [str(i) for i in batch["item"][~ok]][: max(0, 5 - len(self.bad_items))]
             views = sorted(k for k in batch if k.startswith("view"))
+            self.images += len(ok)
             yield [torch.from_numpy(batch[k][ok]) for k in views]
+
+
+class CachedSource:
+    """An :class:`ImageSource` that keeps what it decoded: for pools small enough to hold."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source, self.image_size, self.channels = source, source.image_size, source.channels
+        self.decoded: dict[str, np.ndarray | None] = {}
+
+    def read(self, item: str) -> np.ndarray | None:
+        if item not in self.decoded:
+            self.decoded[item] = self.source.read(item)
+        return self.decoded[item]
+
+
+class LocalBatches(ShardBatches):
+    """Small pools: this rank decodes and augments its own shard in the training process.
+
+    The same epochs as :class:`ViewStream` (a permutation per (seed, epoch), each image's draws
+    from (seed, epoch, row)); rank ``r`` of ``w`` takes ``permutation[r::w]``, cut to the same
+    length on every rank, so each image goes to exactly one rank per epoch without a split
+    coordinator. What it decodes is kept: the rank sees the whole pool over a few epochs. On a
+    pool of a few thousand images this is what keeps small studies fast: a Ray Data execution
+    and its coordinating actors cost more CPU than the augmentations themselves.
+    """
+
+    def __init__(
+        self,
+        items: list[str],
+        source: ImageSource,
+        transform,
+        seed: int,
+        rank: int,
+        world: int,
+        batch_size: int,
+        epochs: int,
+    ) -> None:
+        self.items, self.source, self.transform = np.array(items, dtype=object), CachedSource(source), transform
+        self.seed, self.rank, self.world = seed, rank, world
+        super().__init__(None, batch_size, steps_per_epoch(len(items) // world * world, world, batch_size, epochs))
+
+    def _stream(self) -> Iterator[dict[str, np.ndarray]]:
+        n, share = len(self.items), len(self.items) // self.world
+        pending = {"epoch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
+        for epoch in itertools.count():
+            rows = np.random.default_rng([self.seed, epoch]).permutation(n)[self.rank :: self.world][:share]
+            pending = {
+                "epoch": np.concatenate([pending["epoch"], np.full(share, epoch)]),
+                "row": np.concatenate([pending["row"], rows]),
+            }
+            while len(pending["row"]) >= self.batch_size:
+                part = {k: v[: self.batch_size] for k, v in pending.items()}
+                pending = {k: v[self.batch_size :] for k, v in pending.items()}
+                part["item"] = self.items[part["row"]]
+                yield make_views(part, self.source, self.transform, self.seed)

@@ -36,12 +36,13 @@ from pretrain.errors import ResourceError
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL
 from pretrain.methods import METHODS, build_method
-from pretrain.stream import ShardBatches, pretraining_dataset, rows_per_rank
+from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch
 from pretrain.views import ViewSettings, normalize
 
 log = logging.getLogger("labelcurve.pretrain")
 
 LIGHTNING_CKPT = "checkpoint.ckpt"
+LOCAL_MAX_IMAGES = 20_000  # pretrain.input=auto: pools up to this size are read by the workers themselves
 BACKBONE_FILE = "backbone.safetensors"
 
 
@@ -71,17 +72,17 @@ class _EpochReport(pl.Callback):
     goes; epoch 0 is the random init. Nothing from the test split is used.
     """
 
-    def __init__(
-        self, every: int, tracking: dict | None, n_images: int, knn: dict | None, batches: ShardBatches, bad: float
-    ) -> None:
-        self.every, self.tracking, self.n_images, self.knn = every, tracking, n_images, knn
+    def __init__(self, every: int, tracking: dict | None, knn: dict | None, batches: ShardBatches, bad: float) -> None:
+        self.every, self.tracking, self.knn = every, tracking, knn
         self.batches, self.max_bad_fraction = batches, bad
         self.client = None
         self.started = time.perf_counter()
         self.losses: list[float] = []
         self.rates: list[float] = []  # images/s of every epoch, all workers
+        self.images: list[int] = []  # images of every epoch, all workers
         self.knn_history: list[float] = []
         self.steady_seconds = 0.0  # epochs after the first: no warm-up, worker start or compilation
+        self.steady_images = 0
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if not self.tracking:
@@ -116,12 +117,14 @@ class _EpochReport(pl.Callback):
         loss = float(trainer.callback_metrics["train/loss"])
         seconds = time.perf_counter() - self.started
         self.losses.append(loss)
+        self.images.append(self.batches.images * trainer.world_size)  # equal on every rank
         if len(self.losses) > 1:
             self.steady_seconds += seconds
+            self.steady_images += self.images[-1]
         bad = _sum_over_ranks(self.batches.bad)
-        self.rates.append(self.n_images / seconds)
+        self.rates.append(self.images[-1] / seconds)
         metrics = {"epoch": epoch, "loss": loss, "losses": list(self.losses), "rates": self.rates, "bad_images": bad}
-        if bad > self.max_bad_fraction * self.n_images * epoch:
+        if bad > self.max_bad_fraction * sum(self.images):
             # stop, not raise: a raised error would make Ray Train restart the group and fail again
             metrics["bad_items"] = self.batches.bad_items
             trainer.should_stop = True
@@ -134,7 +137,7 @@ class _EpochReport(pl.Callback):
             if accuracy is not None:
                 self._log({"knn/accuracy": accuracy}, epoch)
         if len(self.losses) > 1:
-            metrics["images_per_second"] = self.n_images * (len(self.losses) - 1) / self.steady_seconds
+            metrics["images_per_second"] = self.steady_images / self.steady_seconds
         metrics["knn"] = list(self.knn_history)
         if epoch % self.every == 0 or epoch == total or trainer.should_stop:
             _report_checkpoint(trainer, module, metrics)
@@ -192,9 +195,12 @@ def _train_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     _record_placement(rank, config.get("tracking"))
     batch = config["batch_size"]
-    batches = ShardBatches(
-        ray.train.get_dataset_shard("train"), batch, rows_per_rank(config["n_images"], world) // batch
-    )
+    if config["input"] == "local":
+        items, source, transform = ray.get(config["local"])
+        batches = LocalBatches(items, source, transform, config["seed"], rank, world, batch, p.epochs)
+    else:
+        steps = steps_per_epoch(config["n_images"], world, batch, p.epochs)
+        batches = ShardBatches(ray.train.get_dataset_shard("train"), batch, steps)
     pl.seed_everything(config["seed"], verbose=False)  # the same init and PL_GLOBAL_SEED on every rank
     model = build_method(
         p.method,
@@ -211,8 +217,7 @@ def _train_worker(config: dict) -> None:
     if p.use_gpu and p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     knn = ray.get(config["knn"]) if config.get("knn") is not None else None
-    n_images = batches.steps * batch * world
-    report = _EpochReport(p.checkpoint_every, config.get("tracking"), n_images, knn, batches, config["max_bad"])
+    report = _EpochReport(p.checkpoint_every, config.get("tracking"), knn, batches, config["max_bad"])
     trainer = pl.Trainer(
         max_epochs=p.epochs,
         accelerator="gpu" if p.use_gpu else "cpu",
@@ -268,17 +273,25 @@ def effective_batch_size(batch_size: int, num_workers: int, n_images: int) -> in
     return max(2, min(batch_size, n_images // num_workers))
 
 
-def worker_resources(settings: dict) -> dict[str, float] | None:
-    """A CPU worker asks for ``augment_cpus`` of a CPU, leaving the rest of its share to the Ray
-    Data tasks that decode and augment its input (on a GPU node they use the node's other CPUs)."""
+def input_mode(settings: dict, n_images: int) -> str:
+    """Where views are made: Ray Data tasks (``stream``) or each worker for its own shard (``local``)."""
+    if settings["input"] != "auto":
+        return settings["input"]
+    return "local" if n_images <= LOCAL_MAX_IMAGES else "stream"
+
+
+def worker_resources(settings: dict, mode: str = "stream") -> dict[str, float] | None:
+    """A streaming CPU worker asks for ``augment_cpus`` of a CPU, leaving the rest of its share to
+    the Ray Data tasks that decode and augment its input (on a GPU node they use the node's other
+    CPUs); a local one makes its views itself and takes a whole CPU."""
     if settings["resources_per_worker"] or settings["use_gpu"]:
         return settings["resources_per_worker"]
-    return {"CPU": settings["augment_cpus"]}
+    return {"CPU": settings["augment_cpus"] if mode == "stream" else 1.0}
 
 
-def check_resources(settings: dict) -> None:
+def check_resources(settings: dict, mode: str = "stream") -> None:
     """Refuse, before Ray Train waits for them forever, workers that the cluster cannot hold."""
-    per_worker = dict(worker_resources(settings) or {"CPU": 1})
+    per_worker = dict(worker_resources(settings, mode) or {"CPU": 1})
     if settings["use_gpu"]:
         per_worker.setdefault("GPU", 1)
     total = ray.cluster_resources()
@@ -308,15 +321,17 @@ def pretrain(
     through Ray Data; when more than ``max_bad_fraction`` of them fail to decode, training stops
     and :class:`TooManyBadImages` names the first bad files.
     """
-    check_resources(settings)
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
+    mode = input_mode(settings, len(items))
+    check_resources(settings, mode)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
     views = ViewSettings.from_config(p, data.image_size, data.mean, data.std)
-    dataset = pretraining_dataset(
-        items, data.source, METHODS[p.method].transform(views, **p.options), seed, p.augment_cpus
-    )
+    transform = METHODS[p.method].transform(views, **p.options)
+    datasets = {}
+    if mode == "stream":
+        datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus)
     storage = p.storage_path if "://" in p.storage_path else str(Path(p.storage_path).resolve())
     trainer = TorchTrainer(
         _train_worker,
@@ -332,10 +347,12 @@ def pretrain(
             "backbone_options": backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size),
             "knn": ray.put(knn) if knn else None,
             "max_bad": max_bad_fraction,
+            "input": mode,
+            "local": ray.put((items, data.source, transform)) if mode == "local" else None,
         },
-        datasets={"train": dataset},
+        datasets=datasets,
         scaling_config=ScalingConfig(
-            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=worker_resources(settings)
+            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=worker_resources(settings, mode)
         ),
         run_config=RunConfig(
             name=name,

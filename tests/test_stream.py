@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import ray
 import ray.train
-from ray.data import DataContext
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cluster.config import DataConfig, PretrainConfig
 from pretrain.data import load_data, plan_data
 from pretrain.methods import METHODS
-from pretrain.stream import ShardBatches, make_views, pretraining_dataset, rows_per_rank
+from pretrain.stream import LocalBatches, ShardBatches, make_views, pretraining_dataset, steps_per_epoch
 from pretrain.views import ViewSettings
 
 BATCH, EPOCHS, WORKERS = 32, 3, 2
@@ -35,12 +34,15 @@ def _record_rows(config: dict) -> None:
     """A Train worker that consumes its shard like pretraining does and writes down what it saw."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    batches = ShardBatches(ray.train.get_dataset_shard("train"), BATCH, rows_per_rank(config["n"], world) // BATCH)
+    batches = ShardBatches(
+        ray.train.get_dataset_shard("train"), BATCH, steps_per_epoch(config["n"], world, BATCH, EPOCHS)
+    )
     epochs = []
     for _ in range(EPOCHS):
         views = [v[0].sum(dim=(1, 2, 3)) for v in batches]  # one number per image of view 0
-        rows = np.concatenate(batches.rows).tolist()
-        epochs.append({"rows": rows, "views": dict(zip(map(str, rows), np.concatenate(views).tolist(), strict=True))})
+        seen = np.concatenate(batches.seen).tolist()  # (data epoch, row) pairs
+        keys = [f"{e}:{r}" for e, r in seen]
+        epochs.append({"seen": seen, "views": dict(zip(keys, np.concatenate(views).tolist(), strict=True))})
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps(epochs))
 
 
@@ -51,10 +53,11 @@ def test_two_workers_see_every_image_exactly_once_per_epoch(digits, tmp_path):
     here = {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}  # the workers import this module
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=here)
     try:
+        stream = pretraining_dataset(data.pretraining_items, data.source, transform, seed=0, epochs=EPOCHS)
         trainer = TorchTrainer(
             _record_rows,
             train_loop_config={"n": n, "out": str(tmp_path)},
-            datasets={"train": pretraining_dataset(data.pretraining_items, data.source, transform, seed=0)},
+            datasets={"train": stream},
             scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
             run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="shards"),
         )
@@ -62,42 +65,79 @@ def test_two_workers_see_every_image_exactly_once_per_epoch(digits, tmp_path):
     finally:
         ray.shutdown()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORKERS)]
-    steps = rows_per_rank(n, WORKERS) // BATCH
-    dropped = n - WORKERS * steps * BATCH  # the remainder of the split and each rank's last incomplete batch
-    assert 0 <= dropped < WORKERS * (BATCH + 1)
-    orders = []
+    _assert_each_image_once_per_epoch(
+        [[e["seen"] for e in rank] for rank in ranks], n, steps_per_epoch(n, WORKERS, BATCH, EPOCHS)
+    )
+    views = {key: value for rank in ranks for epoch in rank for key, value in epoch["views"].items()}
+    common = [r for r in range(n) if f"0:{r}" in views and f"1:{r}" in views]
+    assert common and all(views[f"0:{r}"] != views[f"1:{r}"] for r in common)  # new augmentations
+
+
+def _assert_each_image_once_per_epoch(ranks: list[list[list]], n: int, steps: list[int]) -> None:
+    """``ranks[r][k]``: the (data epoch, row) pairs rank ``r`` trained on in training epoch ``k``."""
+    for rank in ranks:  # every rank takes the planned steps of every epoch: DDP never waits forever
+        assert [len(seen) for seen in rank] == [s * BATCH for s in steps]
+    dropped = 0
     for epoch in range(EPOCHS):
-        rows = [set(ranks[r][epoch]["rows"]) for r in range(WORKERS)]
-        assert [len(ranks[r][epoch]["rows"]) for r in range(WORKERS)] == [steps * BATCH] * WORKERS
+        parts = [[r for seen in rank for d, r in seen if d == epoch] for rank in ranks]
+        rows = [set(part) for part in parts]
+        assert sum(map(len, rows)) == sum(map(len, parts))  # no image twice on one rank
         assert not rows[0] & rows[1]  # no image on both ranks
-        assert len(rows[0] | rows[1]) == n - dropped and rows[0] | rows[1] <= set(range(n))
-        orders.append(ranks[0][epoch]["rows"])
+        assert rows[0] | rows[1] <= set(range(n))
+        dropped += n - len(rows[0] | rows[1])
+    # left out of the whole run: the split's remainder and each rank's last incomplete batch
+    assert 0 <= dropped < WORKERS * (BATCH + 1)
+    for k in range(EPOCHS):  # training epoch k trains mostly on data epoch k (the stream runs in order)
+        tags = [d for rank in ranks for d, _ in rank[k]]
+        assert tags.count(k) > len(tags) / 2
+    orders = [[r for seen in ranks[0] for d, r in seen if d == e] for e in range(EPOCHS)]
     assert orders[0] != orders[1] != orders[2]  # a new file order every epoch
-    common = set(ranks[0][0]["views"]) & set(ranks[0][1]["views"])
-    assert common and all(ranks[0][0]["views"][k] != ranks[0][1]["views"][k] for k in common)  # new augmentations
+
+
+def test_local_shards_see_every_image_exactly_once_per_epoch(digits):
+    data, transform = digits
+    items = data.pretraining_items
+    ranks = []
+    for rank in range(WORKERS):
+        batches = LocalBatches(items, data.source, transform, 0, rank, WORKERS, BATCH, EPOCHS)
+        epochs = []
+        for _ in range(EPOCHS):
+            views = [v for v in batches]
+            assert all(len(v) == 2 and v[0].shape[0] == BATCH for v in views)
+            epochs.append(np.concatenate(batches.seen).tolist())
+        ranks.append(epochs)
+    steps = steps_per_epoch(len(items) // WORKERS * WORKERS, WORKERS, BATCH, EPOCHS)
+    _assert_each_image_once_per_epoch(ranks, len(items), steps)
+    first, again = (LocalBatches(items, data.source, transform, 0, 0, WORKERS, BATCH, EPOCHS) for _ in range(2))
+    assert np.array_equal(next(iter(first))[0], next(iter(again))[0])  # reproducible from the seed
+
+
+def _rows(items: list[str], epoch: int) -> dict[str, np.ndarray]:
+    return {"epoch": np.full(len(items), epoch), "row": np.arange(len(items)), "item": np.array(items, dtype=object)}
 
 
 def test_views_are_seeded_by_seed_epoch_and_row(digits):
     data, transform = digits
-    batch = {"row": np.arange(4), "item": np.array(data.pretraining_items[:4], dtype=object)}
-    context = DataContext.get_current()
-    context._execution_idx = 0
-    first = make_views(batch, data.source, transform, seed=0)
-    again = make_views(batch, data.source, transform, seed=0)
-    context._execution_idx = 1
-    next_epoch = make_views(batch, data.source, transform, seed=0)
-    context._execution_idx = 0
+    items = data.pretraining_items[:4]
+    first = make_views(_rows(items, 0), data.source, transform, seed=0)
+    again = make_views(_rows(items, 0), data.source, transform, seed=0)
+    next_epoch = make_views(_rows(items, 1), data.source, transform, seed=0)
     assert first["ok"].all() and set(first) >= {"view0", "view1"}
     assert np.array_equal(first["view0"], again["view0"])  # reproducible
     assert not np.array_equal(first["view0"], next_epoch["view0"])  # fresh draws every epoch
     assert not np.array_equal(first["view0"][0], first["view1"][0])  # two different views
 
 
+def test_steps_cover_the_stream_in_full_batches():
+    steps = steps_per_epoch(n=1000, world=2, batch_size=32, epochs=3)
+    assert steps == [15, 15, 16] and sum(steps) * 32 * 2 > 3 * 1000 - 2 * 33
+    assert steps_per_epoch(n=100, world=3, batch_size=32, epochs=1) == [1]
+
+
 def test_unreadable_rows_are_flagged_not_fatal(digits, tmp_path):
     data, transform = digits
     (tmp_path / "broken.jpg").write_bytes(b"nope")
-    batch = {"row": np.arange(2), "item": np.array([data.pretraining_items[0], str(tmp_path / "broken.jpg")], object)}
-    out = make_views(batch, data.source, transform, seed=0)
+    out = make_views(_rows([data.pretraining_items[0], str(tmp_path / "broken.jpg")], 0), data.source, transform, 0)
     assert out["ok"].tolist() == [True, False]
     assert out["view0"].shape[0] == 2 and not out["view0"][1].any()
 

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -102,6 +103,13 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     png = Path(client.download_artifacts(parent.info.run_id, "curve.png", str(tmp_path))).read_bytes()
     assert Image.open(io.BytesIO(png)).size[0] > 400
 
+    # The frozen features of the pool and test split are kept with the study run, once per backbone.
+    kept = sorted(a.path for a in client.list_artifacts(parent.info.run_id, "embeddings"))
+    assert [path.split("/")[1].split("-")[0] for path in kept] == ["random", "ssl"]
+    ssl = np.load(client.download_artifacts(parent.info.run_id, kept[1], str(tmp_path)))
+    assert ssl["pool"].shape == (1257, 128) and ssl["test"].shape == (540, 128)  # digits: 70/30 split
+    assert np.isfinite(ssl["pool"]).all()
+
     assert_ui_serves(tmp_path, experiment_id, parent.info.run_id, n_runs=14)
 
     # The README's Python example runs as written in the study's directory.
@@ -135,6 +143,8 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     )
     assert more.returncode == 0, more.stderr[-3000:]
     assert "reusing finished run" in more.stdout
+    assert "embeddings: 1 feature sets of the pool and test split read back from the study run" in more.stdout
+    assert len(client.list_artifacts(parent.info.run_id, "embeddings")) == 2  # nothing computed twice
     roles = runs_by_role(client, experiment_id)
     assert len(roles["finetune"]) == 18 and len(roles["pretrain"]) == 1
 
