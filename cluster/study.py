@@ -38,6 +38,7 @@ from pretrain.checkpoint import (
     save_backbone,
 )
 from pretrain.data import DataPlan, StudyData, load_data, plan_data
+from pretrain.knn import PROTOCOL as KNN_PROTOCOL
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL, TEST, to_parquet
 from pretrain.train import pretrain
@@ -180,6 +181,7 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, embeddin
         metrics["images_per_second"] = result.images_per_second
     metrics["unreadable_images"] = result.bad_images
     tracker.log_metrics(run_id, metrics)
+    tracker.client.set_tag(run_id, "labelcurve.knn_protocol", KNN_PROTOCOL)
     if result.losses:
         title = f"{p.method} / {p.backbone} on {_dataset_name(cfg)}"
         tracker.log_artifacts(run_id, {"pretraining.png": pretraining_png(result.losses, result.knn, title)})

@@ -167,6 +167,7 @@ class StudyTracker:
         return Path(self.client.download_artifacts(run_id, name, folder))
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}"
-        return f"http://{host}:{port}/#/experiments/{self.experiment_id}"
+        """The study's runs table. MLflow 3 opens ``#/experiments/ID`` on its GenAI overview
+        (traces, token usage); the runs are under ``/runs`` with the machine-learning workflow."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"

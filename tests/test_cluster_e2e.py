@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 TINY = [
+    "pretrain.input=stream",  # on a cluster the views come from Ray Data tasks on any node
     "pretrain.resources_per_worker={CPU: 1.5}",
     "pretrain.epochs=2",
     "pretrain.batch_size=64",
