@@ -100,7 +100,7 @@ class PretrainConfig(_Section):
     input: Literal["auto", "stream", "local"] = Field(
         "auto",
         description="stream: decode+augment in Ray Data tasks; local: each worker its own shard (small pools); "
-        "auto: local up to 20,000 images",
+        "auto: local on CPU for pools up to 20,000 images (1 GiB decoded)",
     )
     augment_cpus: float = Field(
         0.5, gt=0, le=64, description="CPUs each Ray Data decode+augment task reserves (and a CPU worker)"

@@ -27,17 +27,15 @@ def knn_accuracy(
         0.847
 
     A bank smaller than ``k`` votes with all of it. Queries go in chunks so that the similarity
-    matrix stays at about 32M entries, whatever the bank size.
+    matrix and the ``k x classes`` votes per query stay at about 32M entries.
     """
     bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     labels = torch.as_tensor(train_y, dtype=torch.long)
     queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     classes = int(max(labels.max(), int(np.max(test_y)))) + 1
-    chunk = max(1, 2**25 // max(len(bank), 1))
+    k = min(k, len(bank))
+    chunk = max(1, 2**25 // max(len(bank), k * classes))
     predictions = torch.cat(
-        [
-            knn_predict(part, bank.T, labels, classes, min(k, len(bank)), temperature)[:, 0]
-            for part in queries.split(chunk)
-        ]
+        [knn_predict(part, bank.T, labels, classes, k, temperature)[:, 0] for part in queries.split(chunk)]
     )
     return float((predictions.numpy() == np.asarray(test_y)).mean())

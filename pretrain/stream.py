@@ -28,7 +28,8 @@ from ray.data.datasource import Datasource, ReadTask
 from pretrain.images import ImageSource
 from pretrain.views import to_pil
 
-ROWS_PER_TASK = 1000  # images a read task decodes and augments
+ROWS_PER_TASK = 1000  # images a read task decodes and augments, until an epoch has
+MAX_TASKS_PER_EPOCH = 64  # read tasks: larger pools get larger tasks, so a long run plans few
 VIEW_BATCH = 32  # images per block a read task yields
 
 
@@ -41,20 +42,22 @@ def make_views(batch: dict[str, np.ndarray], source: ImageSource, transform, see
     """
     views: list[list[torch.Tensor] | None] = []
     states = random.getstate(), np.random.get_state()  # the caller's streams go on unchanged
-    with torch.random.fork_rng(devices=[]):
-        for epoch, row, item in zip(batch["epoch"], batch["row"], batch["item"], strict=True):
-            array = source.read(str(item))
-            if array is None:
-                views.append(None)
-                continue
-            draw = hash((seed, int(epoch), int(row))) % 2**32
-            torch.default_generator.manual_seed(draw)  # the CPU generator only: torch.manual_seed also seeds CUDA
-            random.seed(draw)
-            np.random.seed(draw)
-            views.append(transform(to_pil(array)))
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    template = next((v for v in views if v is not None), None) or blank_views(source, transform)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for epoch, row, item in zip(batch["epoch"], batch["row"], batch["item"], strict=True):
+                array = source.read(str(item))
+                if array is None:
+                    views.append(None)
+                    continue
+                draw = hash((seed, int(epoch), int(row))) % 2**32
+                torch.default_generator.manual_seed(draw)  # the CPU generator only: manual_seed also seeds CUDA
+                random.seed(draw)
+                np.random.seed(draw)
+                views.append(transform(to_pil(array)))
+            template = next((v for v in views if v is not None), None) or blank_views(source, transform)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
     out = {**batch, "ok": np.array([v is not None for v in views])}
     for i, like in enumerate(template):
         out[f"view{i}"] = np.stack([(v[i] if v is not None else torch.zeros_like(like)).numpy() for v in views])
@@ -78,9 +81,10 @@ class ViewStream(Datasource):
     def __init__(self, items: list[str], source: ImageSource, transform, seed: int, epochs: int) -> None:
         self.items, self.n = ray.put(pa.array(items, pa.string())), len(items)
         self.source, self.transform, self.seed, self.epochs = source, transform, seed, epochs
-        tasks = math.ceil(self.n / ROWS_PER_TASK)
+        tasks = min(math.ceil(self.n / ROWS_PER_TASK), MAX_TASKS_PER_EPOCH)
         self.bounds = [self.n * i // tasks for i in range(tasks + 1)]
-        views = blank_views(source, transform)  # their size, for Ray Data's memory budget
+        with torch.random.fork_rng(devices=[]):
+            views = blank_views(source, transform)  # their size, for Ray Data's memory budget
         self.row_bytes = sum(v.numel() * v.element_size() for v in views) + 64
 
     def estimate_inmemory_data_size(self) -> int:
@@ -129,10 +133,10 @@ def steps_per_epoch(n: int, world: int, batch_size: int, epochs: int) -> list[in
 class ShardBatches:
     """The iterable Lightning trains on: this rank's shard, ``steps[epoch]`` batches per epoch.
 
-    One iterator over the shard lives across epochs (a new one only if a stream runs out), so
-    the next epoch's views are already on their way while this one ends. Yields the list of view
-    batches a method's ``loss`` takes. Rows that failed to decode are left out of their batch and
-    counted in ``bad`` (with the first few items in ``bad_items``).
+    One iterator over the shard lives across epochs, so the next epoch's views are already on
+    their way while this one ends. Yields the list of view
+    batches a method's ``loss`` takes. Rows that failed to decode are counted in ``bad`` (with the
+    first few items in ``bad_items``) and replaced by readable rows of their batch.
     """
 
     def __init__(self, shard, batch_size: int, steps: list[int]) -> None:
@@ -156,10 +160,7 @@ class ShardBatches:
     def _next(self) -> dict[str, np.ndarray] | None:
         if self._batches is None:
             self._batches = self._stream()
-        batch = next(self._batches, None)
-        if batch is None:
-            self._batches = None
-        return batch
+        return next(self._batches, None)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         self.seen, self.images = [], 0
@@ -167,16 +168,19 @@ class ShardBatches:
         self.epoch += 1
         for _ in range(steps):
             batch = self._next()
-            if batch is None:
-                return
+            if batch is None:  # ranks would then disagree on their steps: DDP would wait forever
+                raise RuntimeError(f"the pretraining stream ended before epoch {self.epoch}'s {steps} steps")
             ok = batch["ok"]
             self.seen.append(np.stack([batch["epoch"][ok], batch["row"][ok]], axis=1))
             if not ok.all():
                 self.bad += int((~ok).sum())
                 self.bad_items += [str(i) for i in batch["item"][~ok]][: max(0, 5 - len(self.bad_items))]
+            # readable rows stand in for unreadable ones: every rank's batch keeps its size, which
+            # the losses that gather embeddings across workers need
+            fill = np.resize(np.flatnonzero(ok), len(ok)) if ok.any() else np.arange(len(ok))
             views = sorted(k for k in batch if k.startswith("view"))
             self.images += len(ok)
-            yield [torch.from_numpy(batch[k][ok]) for k in views]
+            yield [torch.from_numpy(batch[k][fill]) for k in views]
 
 
 class CachedSource:
@@ -196,11 +200,12 @@ class LocalBatches(ShardBatches):
     """Small pools: this rank decodes and augments its own shard in the training process.
 
     The same epochs as :class:`ViewStream` (a permutation per (seed, epoch), each image's draws
-    from (seed, epoch, row)); rank ``r`` of ``w`` takes ``permutation[r::w]``, cut to the same
-    length on every rank, so each image goes to exactly one rank per epoch without a split
-    coordinator. What it decodes is kept: the rank sees the whole pool over a few epochs. On a
-    pool of a few thousand images this is what keeps small studies fast: a Ray Data execution
-    and its coordinating actors cost more CPU than the augmentations themselves.
+    from (seed, epoch, row)); rank ``r`` of ``w`` takes every ``w``-th position of the run's
+    sequence of permutations, starting at ``r``, so each image goes to exactly one rank per epoch
+    without a split coordinator, and every rank has the steps of :func:`steps_per_epoch`. What
+    it decodes is kept: the rank sees the whole pool over a few epochs. On a pool of a few
+    thousand images this is what keeps small studies fast: a Ray Data execution and its
+    coordinating actors cost more CPU than the augmentations themselves.
     """
 
     def __init__(
@@ -216,15 +221,18 @@ class LocalBatches(ShardBatches):
     ) -> None:
         self.items, self.source, self.transform = np.array(items, dtype=object), CachedSource(source), transform
         self.seed, self.rank, self.world = seed, rank, world
-        super().__init__(None, batch_size, steps_per_epoch(len(items) // world * world, world, batch_size, epochs))
+        super().__init__(None, batch_size, steps_per_epoch(len(items), world, batch_size, epochs))
 
     def _stream(self) -> Iterator[dict[str, np.ndarray]]:
-        n, share = len(self.items), len(self.items) // self.world
+        n = len(self.items)
         pending = {"epoch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
         for epoch in itertools.count():
-            rows = np.random.default_rng([self.seed, epoch]).permutation(n)[self.rank :: self.world][:share]
+            # the run is one sequence of permutations; this rank takes every world-th position of it
+            rows = np.random.default_rng([self.seed, epoch]).permutation(n)[
+                (self.rank - epoch * n) % self.world :: self.world
+            ]
             pending = {
-                "epoch": np.concatenate([pending["epoch"], np.full(share, epoch)]),
+                "epoch": np.concatenate([pending["epoch"], np.full(len(rows), epoch)]),
                 "row": np.concatenate([pending["row"], rows]),
             }
             while len(pending["row"]) >= self.batch_size:

@@ -1,7 +1,8 @@
 """Distributed pretraining: a Lightning SSL module trained by Ray Train's ``TorchTrainer``.
 
 The driver calls :func:`pretrain`; each Ray Train worker runs :func:`_train_worker` on its shard
-of a Ray Data stream (:mod:`pretrain.stream`). Checkpoints go to ``storage_path`` (a shared path or
+of the pretraining pool: a Ray Data stream, or for small pools its own slice of the same epochs
+(:mod:`pretrain.stream`). Checkpoints go to ``storage_path`` (a shared path or
 ``s3://`` on a multi-node cluster): a re-run with the same name, or a worker group restarted after
 a failure, resumes from the latest one. Only plain data crosses into the workers: the pretraining
 settings as a dict and a tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one
@@ -43,6 +44,7 @@ log = logging.getLogger("labelcurve.pretrain")
 
 LIGHTNING_CKPT = "checkpoint.ckpt"
 LOCAL_MAX_IMAGES = 20_000  # pretrain.input=auto: pools up to this size are read by the workers themselves
+LOCAL_MAX_BYTES = 1 << 30  # ... if their decoded copy, kept by each worker, fits in this
 BACKBONE_FILE = "backbone.safetensors"
 
 
@@ -273,11 +275,17 @@ def effective_batch_size(batch_size: int, num_workers: int, n_images: int) -> in
     return max(2, min(batch_size, n_images // num_workers))
 
 
-def input_mode(settings: dict, n_images: int) -> str:
-    """Where views are made: Ray Data tasks (``stream``) or each worker for its own shard (``local``)."""
+def input_mode(settings: dict, n_images: int, image_bytes: int = 0) -> str:
+    """Where views are made: Ray Data tasks (``stream``) or each worker for its own shard (``local``).
+
+    ``auto`` takes ``local`` only on CPU workers (a GPU worker would wait for its own
+    augmentations) and for pools of at most ``LOCAL_MAX_IMAGES`` whose decoded copy, which each
+    local worker keeps, stays under ``LOCAL_MAX_BYTES``.
+    """
     if settings["input"] != "auto":
         return settings["input"]
-    return "local" if n_images <= LOCAL_MAX_IMAGES else "stream"
+    small = n_images <= LOCAL_MAX_IMAGES and n_images * image_bytes <= LOCAL_MAX_BYTES
+    return "local" if small and not settings["use_gpu"] else "stream"
 
 
 def worker_resources(settings: dict, mode: str = "stream") -> dict[str, float] | None:
@@ -317,13 +325,14 @@ def pretrain(
     """Pretrain a backbone on ``data.pretraining_items`` with ``settings['num_workers']`` Ray workers.
 
     ``settings`` is the ``pretrain`` section as a plain dict. The learning rate is scaled
-    linearly with the global batch (``lr * batch_size * num_workers / 256``). The images stream
-    through Ray Data; when more than ``max_bad_fraction`` of them fail to decode, training stops
-    and :class:`TooManyBadImages` names the first bad files.
+    linearly with the global batch (``lr * batch_size * num_workers / 256``). The views come
+    from Ray Data tasks or, for small pools, from each worker (:func:`input_mode`); when more
+    than ``max_bad_fraction`` of them fail to decode, training stops and
+    :class:`TooManyBadImages` names the first bad files.
     """
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
-    mode = input_mode(settings, len(items))
+    mode = input_mode(settings, len(items), data.channels * data.image_size**2)
     check_resources(settings, mode)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None

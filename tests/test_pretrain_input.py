@@ -1,0 +1,47 @@
+"""Both pretraining inputs through the real worker loop: small pools read locally, large ones
+streamed, and too many files that fail mid-epoch stop the run with their names."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from cluster.config import DataConfig, PretrainConfig
+from pretrain.data import load_data, plan_data
+from pretrain.train import LOCAL_MAX_IMAGES, TooManyBadImages, input_mode, pretrain
+from tests.conftest import write_image_folder
+
+
+def test_auto_reads_small_pools_locally_and_streams_large_ones():
+    settings = PretrainConfig().model_dump()
+    assert input_mode(settings, LOCAL_MAX_IMAGES, 3 * 32 * 32) == "local"
+    assert input_mode(settings, LOCAL_MAX_IMAGES + 1, 3 * 32 * 32) == "stream"
+    assert input_mode(settings, 10_000, 3 * 224 * 224) == "stream"  # 1.5 GB decoded, on every worker
+    assert input_mode({**settings, "use_gpu": True}, 100, 3 * 32 * 32) == "stream"  # GPUs wait for no one
+    assert input_mode({**settings, "input": "stream"}, 10) == "stream"
+    assert input_mode({**settings, "input": "local"}, 10**6) == "local"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["local", "stream"])
+def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, tmp_path):
+    write_image_folder(tmp_path / "labeled", {"a": 40, "b": 40})
+    write_image_folder(tmp_path / "extra", {"x": 80}, seed=1)
+    data = load_data(
+        plan_data(DataConfig(name="folder", path=str(tmp_path / "labeled"), unlabeled_path=str(tmp_path / "extra")))
+    )
+    broken = sorted((tmp_path / "extra" / "x").iterdir())[:10]  # 10 of 136 pretraining images
+    for path in broken:
+        path.write_bytes(b"no longer an image")
+    settings = PretrainConfig(
+        epochs=3, batch_size=16, warmup_epochs=0, online_knn=0, input=mode, storage_path=str(tmp_path / "runs")
+    ).model_dump()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(TooManyBadImages, match=r"pretraining images failed to decode") as error:
+            pretrain(settings, data, name=f"bad-{mode}", max_bad_fraction=0.01)
+        assert any(str(path) in str(error.value) for path in broken)
+        result = pretrain(settings, data, name=f"tolerant-{mode}", max_bad_fraction=0.5)
+    finally:
+        ray.shutdown()
+    assert 3 <= result.bad_images <= 30 and len(result.losses) == 3  # skipped, counted, trained on the rest
