@@ -30,7 +30,7 @@ def knn_accuracy(
     matrix and the ``k x classes`` votes per query stay at about 32M entries.
     """
     bank = F.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
-    labels = torch.as_tensor(train_y, dtype=torch.long)
+    labels = torch.tensor(np.asarray(train_y), dtype=torch.long)  # a copy: the input may be read-only
     queries = F.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     classes = int(max(labels.max(), int(np.max(test_y)))) + 1
     k = min(k, len(bank))
