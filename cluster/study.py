@@ -108,7 +108,7 @@ def _card(
     data: StudyData,
     state: dict | None = None,
     run_id: str = "",
-    embeddings: StudyEmbeddings | None = None,
+    embeddings: StudyEmbeddings | None = None,  # needed with ``state``: the kNN reads their features
 ) -> BackboneCard:
     """Architecture, input and normalization of the study's backbone; with weights, its kNN accuracy."""
     card = BackboneCard(

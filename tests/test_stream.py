@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import ray
 import ray.train
+import torch
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -107,6 +108,23 @@ def test_local_shards_see_every_image_exactly_once_per_epoch(digits):
     _assert_each_image_once_per_epoch(ranks, len(items), steps)
     first, again = (LocalBatches(items, data.source, transform, 0, 0, WORKERS, BATCH, EPOCHS) for _ in range(2))
     assert np.array_equal(next(iter(first))[0], next(iter(again))[0])  # reproducible from the seed
+
+
+def test_local_ranks_share_an_odd_pool_evenly_over_a_long_run(digits):
+    data, _ = digits
+    items = data.pretraining_items[:7]  # 7 images on 2 ranks: one rank would get 3 per epoch
+
+    def one_view(image):
+        return [torch.zeros(1, 2, 2)]
+
+    for rank in range(2):
+        batches = LocalBatches(items, data.source, one_view, 0, rank, 2, 2, 40)
+        steps, last = 0, 0
+        for _ in range(40):
+            steps += len(list(batches))
+            last = max(last, int(np.concatenate(batches.seen)[:, 0].max()))
+        assert steps == 40 * 7 // 2 // 2
+        assert last == 39  # both ranks end in the run's last data epoch: neither runs ahead
 
 
 def _rows(items: list[str], epoch: int) -> dict[str, np.ndarray]:
