@@ -147,7 +147,7 @@ def in_memory_epoch(settings: dict, data) -> float:
             def __getitem__(self, i: int):
                 return transform(to_pil(pool[i]))
 
-        model = build_method("simclr", build_backbone("small_cnn", 3, 64), {}, lr=0.004, max_epochs=1)
+        model = build_method("simclr", build_backbone("small_cnn", 3, 64), lr=0.004, max_epochs=1)
         clock = {}
 
         class Clock(pl.Callback):

@@ -17,9 +17,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def worktree(ref: str) -> Iterator[Path]:
+    """A checkout of ``ref`` beside this one, removed afterwards."""
+    with tempfile.TemporaryDirectory() as folder:
+        old = Path(folder, "ref")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), ref], check=True)
+        try:
+            yield old
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
 
 
 def run_once(code: Path, overrides: list[str]) -> tuple[float, float | None]:
@@ -47,17 +61,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for both sides, e.g. pretrain.epochs=20")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        old = Path(folder, "ref")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.ref], check=True)
-        try:
-            rows: dict[str, list[tuple[float, float | None]]] = {args.ref: [], "this tree": []}
-            for _ in range(args.repeats):
-                for name, code in ((args.ref, old), ("this tree", ROOT)):
-                    rows[name].append(run_once(code, args.overrides))
-                    print(name, rows[name][-1], flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
+    with worktree(args.ref) as old:
+        rows: dict[str, list[tuple[float, float | None]]] = {args.ref: [], "this tree": []}
+        for _ in range(args.repeats):
+            for name, code in ((args.ref, old), ("this tree", ROOT)):
+                rows[name].append(run_once(code, args.overrides))
+                print(name, rows[name][-1], flush=True)
     print(f"\n{'code':<12} {'wall s':>8} {'pretrain s':>11}")
     for name, runs in rows.items():
         for wall, pre in runs:

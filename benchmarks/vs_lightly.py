@@ -127,7 +127,7 @@ def bare_run(data, args, transform, precision: str) -> tuple[float, float]:
 def labelcurve_run(data, args, storage: str, online_knn: int) -> tuple[float, float]:
     settings = PretrainConfig(
         method="simclr",
-        options={"temperature": TEMPERATURE, "projection_dim": 128},
+        options={"simclr": {"temperature": TEMPERATURE, "projection_dim": 128}},
         backbone=args.backbone,
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -7,27 +7,12 @@ import sys
 
 import click
 
-from cluster.config import ConfigError, load_config
-from cluster.ray_runtime import RayConnectError, use_token_if_available
-from cluster.registry import RegistryError
-from cluster.tracking import TrackingError, check_tracking_server, redacted, tracking_uri
-from finetune.budgets import BudgetError
-from finetune.curves import CurveError
-from pretrain.checkpoint import BackboneError
-from pretrain.data import DataError
-from pretrain.errors import ResourceError
-
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    BudgetError,
-    TrackingError,
-    RayConnectError,
-    CurveError,
-    BackboneError,
-    RegistryError,
-    ResourceError,
-)
+from cluster.config import load_config
+from cluster.console import make_console
+from cluster.prepare import prepare_study
+from cluster.ray_runtime import use_token_if_available
+from cluster.tracking_server import TrackingError, check_tracking_server, redacted, tracking_uri
+from pretrain.errors import LabelcurveError
 
 
 class UserError(click.ClickException):
@@ -69,10 +54,12 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         cfg = load_config(path, overrides)
         if cfg.ray.address:
             use_token_if_available()  # before Ray is first imported
-        from cluster.study import run_study  # heavy imports only once the input is known to be good
+        console = make_console()
+        prepared = prepare_study(cfg, console)
+        from cluster.study import run_study  # torch, Ray, MLflow: only once the input is known to be good
 
-        run_study(cfg)
-    except USER_ERRORS as error:
+        run_study(cfg, console, prepared)
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: finished runs are recorded; run the same command again to resume", err=True)
@@ -92,11 +79,23 @@ def _jobs(address: str):
 
     try:
         return client(address)
-    except USER_ERRORS as error:
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.group()
+def job() -> None:
+    """Studies as Ray jobs on a cluster: submit, list, status, logs, stop.
+
+    \b
+    Example:
+      export RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265
+      labelcurve job submit configs/cifar10-cpu.yaml
+      labelcurve job logs raysubmit_XYZ --follow
+    """
+
+
+@job.command("submit", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
 @JOBS_ADDRESS
 def submit(args: tuple[str, ...], address: str) -> None:
@@ -109,7 +108,7 @@ def submit(args: tuple[str, ...], address: str) -> None:
         uri = tracking_uri()
         check_tracking_server(uri)
         job_id = submit_job(address, cfg, uri)
-    except USER_ERRORS as error:
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
     if not uri.startswith(("http://", "https://")):
         click.echo(
@@ -117,14 +116,14 @@ def submit(args: tuple[str, ...], address: str) -> None:
             "for a real cluster start `labelcurve server` and set MLFLOW_TRACKING_URI"
         )
     click.echo(f"submitted job {job_id} (study '{cfg.study}', tracking {redacted(uri)})")
-    click.echo(f"  follow: labelcurve logs {job_id} --follow --address {address}")
-    click.echo(f"  status: labelcurve status {job_id} --address {address}")
-    click.echo(f"  stop:   labelcurve stop {job_id} --address {address}")
+    click.echo(f"  follow: labelcurve job logs {job_id} --follow --address {address}")
+    click.echo(f"  status: labelcurve job status {job_id} --address {address}")
+    click.echo(f"  stop:   labelcurve job stop {job_id} --address {address}")
 
 
-@main.command()
+@job.command("list")
 @JOBS_ADDRESS
-def jobs(address: str) -> None:
+def list_jobs(address: str) -> None:
     """List the jobs of a Ray cluster, newest last."""
     rows = sorted(_jobs(address).list_jobs(), key=lambda job: job.start_time or 0)
     for job in rows:
@@ -132,7 +131,7 @@ def jobs(address: str) -> None:
         click.echo(f"{job.submission_id}  {job.status.value:<9}  study={study}  {job.entrypoint}")
 
 
-@main.command()
+@job.command()
 @click.argument("job_id")
 @JOBS_ADDRESS
 def status(job_id: str, address: str) -> None:
@@ -143,7 +142,7 @@ def status(job_id: str, address: str) -> None:
         sys.exit(1)
 
 
-@main.command()
+@job.command()
 @click.argument("job_id")
 @JOBS_ADDRESS
 @click.option("--follow", "-f", is_flag=True, help="Stream the logs until the job ends.")
@@ -165,7 +164,7 @@ def logs(job_id: str, address: str, follow: bool) -> None:
         sys.exit(1)
 
 
-@main.command()
+@job.command()
 @click.argument("job_id")
 @JOBS_ADDRESS
 def stop(job_id: str, address: str) -> None:
@@ -203,7 +202,7 @@ def _answer(function, *args) -> None:
 
     try:
         function(*args, make_console())
-    except USER_ERRORS as error:
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
 
 
@@ -264,25 +263,37 @@ def plan(target: float, study: str, quantile: float, cost_per_label: float | Non
 
 
 def _registry():
-    from cluster.registry import use_store
-
     uri = tracking_uri()
     try:
         check_tracking_server(uri)
     except TrackingError as error:
         raise UserError(str(error)) from None
+    from cluster.registry import use_store  # MLflow: only once its server answers
+
     return use_store(uri)
 
 
-@main.command()
-def models() -> None:
+@main.group()
+def model() -> None:
+    """Pretrained backbones in the MLflow model registry: list, pull, alias.
+
+    \b
+    Example:
+      labelcurve model list
+      labelcurve model alias simclr-small_cnn-digits/1 champion
+      labelcurve model pull simclr-small_cnn-digits@champion -o backbone/
+    """
+
+
+@model.command("list")
+def list_models() -> None:
     """List registered backbones with their tags (newest version of each)."""
     from rich.table import Table
 
-    from cluster.console import make_console
+    client = _registry()
     from cluster.registry import models as registered
 
-    rows = registered(_registry())
+    rows = registered(client)
     if not rows:
         click.echo("no registered backbones yet: every `labelcurve run` that pretrains registers one")
         return
@@ -307,7 +318,7 @@ def models() -> None:
     make_console().print(table)
 
 
-@main.command()
+@model.command()
 @click.argument("model")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Folder to write to.")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder, replacing its backbone files.")
@@ -321,12 +332,12 @@ def pull(model: str, output: str, force: bool) -> None:
 
     try:
         folder, card = pull_model(_registry(), model, output, force)
-    except USER_ERRORS as error:
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
     click.echo(f"pulled {model} ({card.method} {card.backbone}, {card.in_channels}x{card.image_size}px) to {folder}")
 
 
-@main.command()
+@model.command()
 @click.argument("model")
 @click.argument("alias")
 def alias(model: str, alias: str) -> None:
@@ -336,7 +347,7 @@ def alias(model: str, alias: str) -> None:
     client = _registry()
     try:
         concrete = resolve(client, model if model.startswith("models:/") else f"models:/{model}")
-    except USER_ERRORS as error:
+    except LabelcurveError as error:
         raise UserError(str(error)) from None
     if alias.lower() == "latest":
         raise UserError("'latest' is reserved by MLflow and always names the newest version: choose another alias")
@@ -365,3 +376,28 @@ def _exec_mlflow(*args: str) -> None:
     # MLflow's server-side job runner (GenAI jobs) starts a dozen worker processes labelcurve never uses.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     os.execve(sys.executable, [sys.executable, "-m", "mlflow", *args], env)
+
+
+def _moved(command: click.Command, old: str, new: str) -> click.Command:
+    """``labelcurve OLD`` kept for one release: hidden, it says the new spelling and runs it."""
+
+    def callback(**kwargs):
+        click.echo(f"note: `labelcurve {old}` is now `labelcurve {new}`", err=True)
+        return command.callback(**kwargs)
+
+    return click.Command(
+        old, params=command.params, callback=callback, hidden=True, context_settings=command.context_settings
+    )
+
+
+for _old, _group, _command in [
+    ("submit", "job", submit),
+    ("jobs", "job", list_jobs),
+    ("status", "job", status),
+    ("logs", "job", logs),
+    ("stop", "job", stop),
+    ("models", "model", list_models),
+    ("pull", "model", pull),
+    ("alias", "model", alias),
+]:
+    main.add_command(_moved(_command, _old, f"{_group} {_command.name}"))

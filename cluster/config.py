@@ -19,14 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finetune.arms import ARMS, BY_NAME, DEFAULT_ARMS, TRANSFER
 from finetune.budgets import Budget
-from pretrain.backbones import BACKBONES
-from pretrain.data import TORCHVISION_DATASETS
-from pretrain.methods import METHODS, options_schema
+from pretrain.backbone_specs import BACKBONE_FAMILIES
+from pretrain.errors import LabelcurveError
+from pretrain.method_options import METHOD_OPTIONS, MethodOptions, chosen_options
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(LabelcurveError, ValueError):
     """A config problem, phrased as one line for the user."""
 
 
@@ -44,6 +44,9 @@ class DataConfig(_Section):
     classes: list[str] | None = Field(None, description="keep only these classes (e.g. digits ['0','1'])")
     image_size: int | None = Field(None, ge=4, le=1024)
     channels: Literal[1, 3] | None = None
+    validation: Literal["pool", "test"] | None = Field(
+        None, description="where a val/valid/validation split goes: pool (the default) or test"
+    )
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     split_seed: int = 0
     max_per_class: int | None = Field(None, ge=1, description="cap on the labeled pool per class")
@@ -58,7 +61,7 @@ class DataConfig(_Section):
     def _path_matches_name(self) -> DataConfig:
         if self.name == "folder" and not self.path:
             raise ValueError("data.name=folder needs data.path=DIR (an ImageFolder root)")
-        if self.name in TORCHVISION_DATASETS and not self.path:
+        if self.name not in ("digits", "folder") and not self.path:
             raise ValueError(f"data.name={self.name} needs data.path=DIR (where the dataset files are or go)")
         if self.name == "digits" and self.path:
             raise ValueError("data.path is set but data.name=digits: add data.name=folder")
@@ -68,9 +71,13 @@ class DataConfig(_Section):
 class PretrainConfig(_Section):
     """Self-supervised pretraining; ``lr`` is for a global batch of 256 and scaled linearly."""
 
-    method: str = Field("simclr", description="one of pretrain.methods.METHODS")
-    options: dict[str, Any] = Field(default_factory=dict, description="the method's own settings, e.g. temperature")
-    backbone: str = Field("small_cnn", description="one of pretrain.backbones.BACKBONES")
+    method: str = Field("simclr", description="one of pretrain.method_options.METHOD_OPTIONS")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="each method's own settings under its name, e.g. {simclr: {temperature: 0.2}}; "
+        "only the chosen method's block is used",
+    )
+    backbone: str = Field("small_cnn", description="one of pretrain.backbone_specs.BACKBONE_FAMILIES")
     cifar_stem: bool | None = Field(None, description="ResNets: 3x3 stem without max-pool; default: images <= 64 px")
     patch_size: int | None = Field(None, ge=1, description="ViTs; default: the largest of 16/8/4/2 giving 8x8 patches")
     epochs: int = Field(60, ge=1)
@@ -114,35 +121,52 @@ class PretrainConfig(_Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        return _known_name(method, METHODS, "method")
+        return _known_name(method, METHOD_OPTIONS, "method")
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, backbone: str) -> str:
-        return _known_name(backbone, BACKBONES, "backbone")
+        return _known_name(backbone, BACKBONE_FAMILIES, "backbone")
+
+    @field_validator("options")
+    @classmethod
+    def _options_per_method(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Every block the user wrote is checked against its own method, so a switch of
+        ``pretrain.method`` needs no other change and a typo in any block is still caught."""
+        for method, block in options.items():
+            if method in METHOD_OPTIONS and not isinstance(block, dict):
+                raise ValueError(f"'{method}' must map option names to values, e.g. {{temperature: 0.2}}")
+            if method not in METHOD_OPTIONS:
+                hint = difflib.get_close_matches(method, METHOD_OPTIONS, n=1)
+                fix = (
+                    f"did you mean '{hint[0]}'?"
+                    if hint
+                    else f"options sit under their method's name, e.g. pretrain.options.simclr.{method}=..."
+                )
+                raise ValueError(f"'{method}' is not a method's block of options: {fix}")
+            try:
+                METHOD_OPTIONS[method].model_validate(block)
+            except ValidationError as error:
+                first = error.errors()[0]
+                key = ".".join(str(part) for part in first["loc"])
+                if first["type"] == "extra_forbidden":
+                    valid = ", ".join(METHOD_OPTIONS[method].model_fields)
+                    raise ValueError(f"unknown option '{key}' for method {method}: valid options are {valid}") from None
+                raise ValueError(f"{method} option '{key}': {first['msg']}") from None
+        return options
 
     @model_validator(mode="after")
     def _method_fits(self) -> PretrainConfig:
-        families = METHODS[self.method].families
-        if families and BACKBONES[self.backbone].family not in families:
-            fitting = [name for name, b in BACKBONES.items() if b.family in families]
+        families = METHOD_OPTIONS[self.method].families
+        if families and BACKBONE_FAMILIES[self.backbone] not in families:
+            fitting = [name for name, family in BACKBONE_FAMILIES.items() if family in families]
             raise ValueError(f"method {self.method} needs one of the backbones {', '.join(fitting)}")
-        try:
-            options_schema(self.method).model_validate(self.options)
-        except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(part) for part in first["loc"])
-            if first["type"] == "extra_forbidden":
-                valid = ", ".join(options_schema(self.method).model_fields)
-                raise ValueError(
-                    f"unknown option '{key}' for method {self.method}: valid options are {valid}"
-                ) from None
-            raise ValueError(f"option '{key}': {first['msg']}") from None
         return self
 
     @property
-    def effective_lr(self) -> float:
-        return self.lr * self.batch_size * self.num_workers / 256
+    def method_options(self) -> MethodOptions:
+        """The chosen method's options: its block, the rest at the method's defaults."""
+        return chosen_options(self.method, self.options)
 
 
 class FinetuneConfig(_Section):
@@ -225,12 +249,34 @@ class StudyConfig(_Section):
         return study
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the settings that change results; the grid lists do not."""
+        """A short hash of the settings that change results; the grid lists do not, nor do
+        where and how often things are stored, retried, monitored or named
+        (:data:`NOT_IN_FINGERPRINT`), nor the option blocks of methods not chosen."""
         # exclude_none: a new optional setting (default None) must not orphan existing studies
         dump = self.model_dump(mode="json", include=set(sections) | {"seed"}, exclude_none=True)
-        for key in ("arms", "budgets", "seeds"):
-            dump.get("finetune", {}).pop(key, None)
+        for section, keys in NOT_IN_FINGERPRINT.items():
+            for key in keys:
+                dump.get(section, {}).pop(key, None)
+        if "pretrain" in dump:
+            dump["pretrain"]["options"] = self.pretrain.options.get(self.pretrain.method, {})
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: settings that change no result: a study run locally and then submitted to a cluster (which
+#: needs an absolute storage_path) resumes instead of pretraining again
+NOT_IN_FINGERPRINT = {
+    "data": ("download",),
+    "pretrain": (
+        "storage_path",
+        "checkpoint_every",
+        "max_failures",
+        "online_knn",
+        "model_name",
+        "augment_cpus",
+        "resources_per_worker",
+    ),
+    "finetune": ("arms", "budgets", "seeds"),
+}
 
 
 def _known_name(name: str, known: dict, what: str) -> str:

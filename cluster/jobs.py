@@ -23,7 +23,7 @@ import yaml
 
 from cluster.config import ConfigError, StudyConfig
 from cluster.ray_runtime import TOKEN_HELP, RayConnectError, use_token_if_available
-from cluster.tracking import redacted
+from cluster.tracking_server import redacted
 
 
 def client(address: str):

@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from pretrain.errors import LabelcurveError
+
 # Workers start fresh interpreters: keep library deprecation chatter out of the user's console.
 # Ray Data logs every epoch's execution plan at INFO; our own progress line per epoch says enough.
 _QUIET_WORKERS = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_DATA_LOG_LEVEL": "WARNING"}}
@@ -17,7 +19,7 @@ TOKEN_HELP = (
 )
 
 
-class RayConnectError(RuntimeError):
+class RayConnectError(LabelcurveError, RuntimeError):
     """Ray cannot be reached, phrased as one line for the user."""
 
 

@@ -17,11 +17,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pretrain.checkpoint import ARTIFACT_DIR, BackboneCard, fetch, read_backbone
+from pretrain.errors import LabelcurveError
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))?$")
 
 
-class RegistryError(ValueError):
+class RegistryError(LabelcurveError, ValueError):
     """A registry problem, phrased as one line for the user."""
 
 

@@ -7,7 +7,6 @@ or any image is decoded; :func:`run_study` then spends the compute.
 from __future__ import annotations
 
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,24 +19,29 @@ from rich.table import Table
 from cluster.config import StudyConfig
 from cluster.console import make_console
 from cluster.embeddings import StudyEmbeddings
-from cluster.ray_runtime import check_ray_address, connect
-from cluster.registry import default_model_name, register, resolve, use_store
-from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, check_tracking_server, tracking_uri
+from cluster.journal import Journal, replay
+from cluster.lease import StudyLease
+from cluster.prepare import Prepared, data_progress, prepare_study
+from cluster.provenance import changed_since
+from cluster.ray_runtime import connect
+from cluster.registry import default_model_name, register, use_store
+from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, TrackingUnreachable
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets
-from finetune.report import curve_png, curve_points, pretraining_png, results_frame, summary_table
+from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
+from finetune.report_html import report_html
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
-from pretrain.backbones import backbone_options, build_backbone
+from pretrain.backbone_specs import backbone_options
+from pretrain.backbones import build_backbone
 from pretrain.checkpoint import (
     ARTIFACT_DIR,
     BackboneCard,
-    BackboneError,
     build_from_state,
     fetch,
     read_backbone,
     save_backbone,
 )
-from pretrain.data import DataPlan, StudyData, load_data, plan_data
+from pretrain.data import DataPlan, StudyData, load_data
 from pretrain.knn import PROTOCOL as KNN_PROTOCOL
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL, TEST, to_parquet
@@ -54,44 +58,6 @@ class StudyOutcome:
     frame: pd.DataFrame  # one row per finished run
     ran: int
     skipped: int
-
-
-@dataclass
-class Prepared:
-    """The outcome of the cheap checks: where to track, what to load, what to transfer from."""
-
-    uri: str
-    plan: DataPlan
-    init: str | None = None  # finetune.init with an alias resolved to a concrete model version
-    transfer: tuple[dict, BackboneCard] | None = None
-
-
-def prepare(cfg: StudyConfig, progress=None) -> Prepared:
-    """All bad-input checks, cheap: tracking store reachable, data present, budgets possible,
-    and a transfer backbone that exists and fits the data."""
-    uri = tracking_uri()
-    check_tracking_server(uri)
-    check_ray_address(cfg.ray.address)
-    plan = plan_data(cfg.data, progress)
-    backbone_options(cfg.pretrain.backbone, plan.image_size, cfg.pretrain.cifar_stem, cfg.pretrain.patch_size)
-    check_budgets(cfg.finetune.budgets, plan.class_counts())
-    prepared = Prepared(uri, plan)
-    if cfg.finetune.init:
-        client = use_store(uri)
-        init = resolve(client, cfg.finetune.init) if cfg.finetune.init.startswith("models:/") else cfg.finetune.init
-        state, card = read_backbone(fetch(init))
-        if card.in_channels != plan.channels:
-            raise BackboneError(
-                f"backbone {init} takes {card.in_channels}-channel images and the data has {plan.channels}: "
-                f"set data.channels={card.in_channels}"
-            )
-        if card.image_size != plan.image_size:
-            raise BackboneError(
-                f"backbone {init} was pretrained on {card.image_size} px images and the data is "
-                f"{plan.image_size} px: set data.image_size={card.image_size}"
-            )
-        prepared.init, prepared.transfer = init, (state, card)
-    return prepared
 
 
 def _dataset_name(cfg: StudyConfig) -> str:
@@ -254,14 +220,14 @@ def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) ->
     tracker.finish(run_id)
 
 
-def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
-    """Run (or resume) the study described by ``cfg``; returns the summary."""
+def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepared | None = None) -> StudyOutcome:
+    """Run (or resume) the study described by ``cfg``; returns the summary. ``prepared``: the
+    outcome of :func:`cluster.prepare.prepare_study` when the caller already checked the input."""
     console = console or make_console()
-    with _data_progress(console) as progress:
-        prepared = prepare(cfg, progress)
+    prepared = prepared or prepare_study(cfg, console)
     if prepared.init:  # the fingerprint names the concrete version, not a moving alias
         cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init": prepared.init})})
-    with _data_progress(console) as progress:
+    with data_progress(console) as progress:
         data = load_data(prepared.plan, progress, cfg.data.stats_sample, cfg.data.split_seed)
     _report_data(console, prepared.plan, data)
     check_budgets(cfg.finetune.budgets, data.class_counts())  # on what decoded, not on what was listed
@@ -269,21 +235,29 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
     tracker = StudyTracker(prepared.uri, cfg.study)
     config_fingerprint = cfg.fingerprint("data", "pretrain", "finetune")
     parent, resumed = tracker.open_parent(config_fingerprint, data.digest, cfg.model_dump(mode="json"))
-    if not resumed:
-        tracker.log_artifacts(parent, {"manifest.parquet": to_parquet(prepared.plan.frame)})
-        if (earlier := tracker.parent_with_other_data(config_fingerprint, data.digest)) is not None:
-            console.print(
-                f"[yellow]data changed since study run {earlier} (files added, removed or modified): "
-                "starting a new study run[/yellow]"
-            )
-    tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
-    console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
+    lease = StudyLease(prepared.uri, cfg.study, parent, say=console.print).take()  # before the run is written to
+    journal = Journal.of(cfg.study, parent)
     try:
+        if not resumed:
+            tracker.log_artifacts(parent, {"manifest.parquet": to_parquet(prepared.plan.frame)})
+            if (earlier := tracker.parent_with_other_data(config_fingerprint, data.digest)) is not None:
+                console.print(
+                    f"[yellow]data changed since study run {earlier} (files added, removed or modified): "
+                    "starting a new study run[/yellow]"
+                )
+        tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
+        console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
+        if resumed and (change := changed_since(tracker.client.get_run(parent).data.tags)):
+            console.print(f"[yellow]{change}[/yellow]")
         specs = grid(cfg.finetune.arms, cfg.finetune.budgets, cfg.finetune.seeds)
         recorded = tracker.children(parent, FINETUNE)
         finished = {key for key, run in recorded.items() if run.info.status == FINISHED}
+        replayed = replay(journal, finished, lambda r: _log_result(tracker, parent, r, recorded.get(r.spec.key)))
+        if replayed:
+            console.print(f"journal: recorded {len(replayed)} finished runs kept in {journal.path} (not recomputed)")
+        finished.update(replayed)
         todo = [s for s in specs if s.key not in finished]
-        skipped = len(specs) - len(todo)
+        skipped = len(specs) - len(todo) - len(replayed)
         if skipped:
             console.print(f"sweep: {skipped} of {len(specs)} runs already recorded, skipping them")
         if todo:
@@ -301,40 +275,35 @@ def run_study(cfg: StudyConfig, console: Console | None = None) -> StudyOutcome:
             with Progress(*columns, console=console) as progress:
                 task = progress.add_task("", total=len(todo))
                 for result in run_sweep(todo, inputs, settings):
+                    journal.keep(result)  # on local disk first: a tracking server outage loses no finished run
                     _log_result(tracker, parent, result, recorded.get(result.spec.key))
+                    journal.drop(result.spec.key)
                     progress.update(task, advance=1, description=f"{result.spec.key}: {result.accuracy:.3f}")
         frame, _ = study_results(tracker, parent)
         table = summary_table(frame, cfg.finetune.arms)
         tracker.log_series(parent, {f"accuracy/{arm}": points for arm, points in curve_points(frame).items()})
+        title = f"{cfg.study}: test accuracy vs labels"
+        setup = {"dataset": _dataset_name(cfg), "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone}
         tracker.log_artifacts(
             parent,
             {
-                "curve.png": curve_png(frame, cfg.finetune.arms, f"{cfg.study}: test accuracy vs labels"),
+                "curve.png": curve_png(frame, cfg.finetune.arms, title, **setup),
+                "curve.svg": curve_png(frame, cfg.finetune.arms, title, fmt="svg", **setup),
+                "report.html": report_html(frame, cfg.finetune.arms, title, study_subtitle(**setup)),
                 "results.csv": frame.to_csv(index=False).encode(),
             },
         )
         tracker.finish(parent)
+    except TrackingUnreachable as error:  # the study run cannot be marked KILLED: the next run resumes it
+        raise journal.kept(error) from None
     except BaseException:
         tracker.finish(parent, "KILLED")
         raise
+    finally:
+        lease.release()
     _print_table(console, table, cfg.study)
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
     return StudyOutcome(parent, tracker.experiment_id, table, frame, len(todo), skipped)
-
-
-@contextmanager
-def _data_progress(console: Console):
-    """Progress bars for listing, verifying and sampling images: minutes on large folders."""
-    columns = [TextColumn("data: {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(step: str, n: int, total: int | None) -> None:
-            if step not in tasks:
-                tasks[step] = progress.add_task(step, total=total)
-            progress.update(tasks[step], advance=n)
-
-        yield advance
 
 
 def _report_data(console: Console, plan: DataPlan, data: StudyData) -> None:

@@ -2,58 +2,117 @@
 
 Runs are found again by tags, which is what makes a study resumable: a re-run with the same
 config fingerprint reopens the parent run, skips FINISHED children and reuses unfinished ones.
+
+A tracking server that stops answering costs about a minute, not MLflow's default of about four
+minutes per request: MLflow's own retries are cut to seconds (:data:`HTTP_BOUNDS`) and
+:class:`PatientClient` waits out an outage for up to :data:`OUTAGE_S`, saying so once.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
+import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from requests.exceptions import RequestException
+
+from cluster.provenance import source_tags
+from cluster.tracking_server import TrackingError, check_tracking_server, redacted, tracking_uri
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
 N_CLASSES, DATA = "labelcurve.n_classes", "labelcurve.data_digest"
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+__all__ = ["StudyTracker", "TrackingError", "check_tracking_server", "redacted", "tracking_uri"]
+
+# MLflow reads these per request; its defaults (7 retries, backoff up to 120 s, 120 s timeout)
+# keep a driver silent for about 4 minutes per call when the server is down. Values already set win.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+OUTAGE_S = 60.0  # how long a call waits for an unreachable tracking server before the driver gives up
+RETRY_EVERY_S = 5.0
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used, phrased as one line for the user."""
+class TrackingUnreachable(TrackingError):
+    """The tracking server did not answer for the whole outage wait."""
 
 
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory (absolute,
-    so that Ray workers with another working directory write to the same file)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+def bound_http_retries() -> None:
+    """Cut MLflow's HTTP retries to seconds (unless set): :class:`PatientClient` does the waiting."""
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
 
-def redacted(uri: str) -> str:
-    """``uri`` with any user and password replaced by ``***``, fit for a log line."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+def _unreachable(error: BaseException) -> bool:
+    """A request that got no answer (refused, timed out, retries used up), not an error reply."""
+    return isinstance(error, RequestException) or isinstance(error.__cause__ or error.__context__, RequestException)
 
 
-def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before compute, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class PatientClient:
+    """An ``MlflowClient`` whose calls wait out a tracking server outage: retried for up to
+    ``patience_s`` after the first failure, said once, then one :class:`TrackingUnreachable`
+    instead of minutes of silent retries and a traceback."""
+
+    def __init__(self, client: MlflowClient, uri: str, say: Callable[[str], None], patience_s: float) -> None:
+        self._client, self._uri, self._say, self._patience_s = client, uri, say, patience_s
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def patient(*args, **kwargs):
+            return self._call(attribute, *args, **kwargs)
+
+        return patient
+
+    def _call(self, method: Callable, *args, **kwargs):
+        deadline = None
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:
+                if not _unreachable(error):
+                    raise
+                now, server = time.monotonic(), redacted(self._uri)
+                if deadline is None:
+                    deadline = now + self._patience_s
+                    self._say(f"tracking server {server} unreachable, retrying for up to {self._patience_s:.0f} s")
+                elif now >= deadline:
+                    raise TrackingUnreachable(
+                        f"tracking server {server} unreachable for {self._patience_s:.0f} s"
+                    ) from None
+                time.sleep(min(RETRY_EVERY_S, deadline - now))
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Hold a lock file beside a SQLite store while it may be created: MLflow's schema
+    migrations fail ("table already exists") when two processes create one store at once."""
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if not uri.startswith("sqlite:///") or not path.parent.is_dir():
+        yield
         return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingError(
-            f"MLflow tracking server {redacted(uri)} is not reachable ({reason}): start it or unset MLFLOW_TRACKING_URI"
-        ) from None
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -69,11 +128,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 class StudyTracker:
     """The MLflow records of one study, found or created by name and config fingerprint."""
 
-    def __init__(self, uri: str, study: str) -> None:
+    def __init__(self, uri: str, study: str, say: Callable[[str], None] = _warn, patience_s: float = OUTAGE_S) -> None:
+        bound_http_retries()
         self.uri = uri
-        self.client = MlflowClient(uri)
-        experiment = self.client.get_experiment_by_name(study)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(study)
+        with _creating(uri):  # MlflowClient opens (and may create) the store right away
+            client = MlflowClient(uri)
+            self.client = (
+                PatientClient(client, uri, say, patience_s) if uri.startswith(("http://", "https://")) else client
+            )
+            experiment = self.client.get_experiment_by_name(study)
+            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(study)
         self.study = study
 
     def _search(self, *conditions: str) -> list:
@@ -99,18 +163,25 @@ class StudyTracker:
 
     def open_parent(self, fingerprint: str, data_digest: str, config: dict) -> tuple[str, bool]:
         """The study's parent run id for this config and data, and whether it was resumed."""
-        found = self._search(
-            f"tags.`{ROLE}` = '{STUDY}'", f"tags.`{FINGERPRINT}` = '{fingerprint}'", f"tags.`{DATA}` = '{data_digest}'"
+        same = (
+            f"tags.`{ROLE}` = '{STUDY}'",
+            f"tags.`{FINGERPRINT}` = '{fingerprint}'",
+            f"tags.`{DATA}` = '{data_digest}'",
         )
+        found = self._search(*same)
         if found:
             run_id = found[-1].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
-        run = self.client.create_run(
-            self.experiment_id, run_name=self.study, tags={ROLE: STUDY, FINGERPRINT: fingerprint, DATA: data_digest}
-        )
+        tags = {ROLE: STUDY, FINGERPRINT: fingerprint, DATA: data_digest, **source_tags()}
+        run = self.client.create_run(self.experiment_id, run_name=self.study, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in _flatten(config).items()])
-        return run.info.run_id, False
+        # Another driver may have created the same study run since the search: every driver keeps
+        # the first one, so that the lease on it lets only one of them run the study.
+        first = min(self._search(*same), key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if first != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return first, False
 
     def parent_with_other_data(self, fingerprint: str, data_digest: str) -> str | None:
         """The latest study run with this config but another manifest: the data changed."""
@@ -135,7 +206,7 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={MLFLOW_PARENT_RUN_ID: parent_id, ROLE: role, RUN_KEY: key, MLFLOW_RUN_NAME: name},
+            tags={MLFLOW_PARENT_RUN_ID: parent_id, ROLE: role, RUN_KEY: key, MLFLOW_RUN_NAME: name, **source_tags()},
         )
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id

@@ -11,10 +11,12 @@ from typing import Literal
 
 import numpy as np
 
+from pretrain.errors import LabelcurveError
+
 Budget = int | Literal["all"]
 
 
-class BudgetError(ValueError):
+class BudgetError(LabelcurveError, ValueError):
     """A budget the labeled pool cannot satisfy, phrased as one line for the user."""
 
 

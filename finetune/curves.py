@@ -19,8 +19,10 @@ import numpy as np
 from scipy.optimize import least_squares
 from sklearn.base import BaseEstimator
 
+from pretrain.errors import LabelcurveError
 
-class CurveError(ValueError):
+
+class CurveError(LabelcurveError, ValueError):
     """A curve that cannot be fitted or asked, phrased as one line for the user."""
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 
@@ -10,11 +12,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
 
 from finetune.budgets import labels_per_class
-from finetune.sweep import RunResult
+
+if TYPE_CHECKING:  # torch and ray load with finetune.sweep: not needed to draw a report
+    from finetune.sweep import RunResult
 
 COLUMNS = ["arm", "budget", "seed", "n_labels", "labels_per_class", "accuracy", "macro_f1", "train_seconds"]
+# Okabe & Ito's palette stays distinguishable under the common colour-vision deficiencies; yellow
+# comes last because it is faint on white. Markers and dashes tell the arms apart without colour.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "p", "h", ">")
+DASHES = ((), (6.0, 3.0), (1.5, 2.5), (6.0, 2.0, 1.5, 2.0), (10.0, 3.0), (3.0, 2.0, 1.0, 2.0, 1.0, 2.0), (2.0, 5.0))
+Format = Literal["png", "svg"]
+
+
+@dataclass(frozen=True)
+class ArmStyle:
+    """How one arm is drawn in every plot: colour, marker and dash each tell it apart on their own."""
+
+    color: str
+    marker: str
+    dashes: tuple[float, ...]  # on/off lengths in points; () is a solid line
 
 
 def results_frame(results: list[RunResult], n_classes: int) -> pd.DataFrame:
@@ -49,7 +71,7 @@ def summary_table(frame: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
     stats = frame.groupby(["labels_per_class", "budget", "arm"])["accuracy"].agg(["mean", "std", "count"])
     table = {}
     for (x, budget, arm), row in stats.iterrows():
-        label = budget if budget != "all" else f"all ({x:.0f})"
+        label = budget_label(budget, x)
         spread = 0.0 if pd.isna(row["std"]) else row["std"]
         table.setdefault(label, {})[arm] = f"{row['mean']:.3f} ± {spread:.3f}"
     return pd.DataFrame.from_dict(table, orient="index").reindex(columns=_ordered_arms(frame, arms))
@@ -60,21 +82,59 @@ def _ordered_arms(frame: pd.DataFrame, arms: list[str]) -> list[str]:
     return [a for a in arms if a in present] + sorted(present - set(arms))
 
 
-def _accuracy_png(figure, axis, title: str, legend: str) -> bytes:
-    """The axes every labelcurve plot shares (accuracy vs labels per class, log x), as PNG bytes."""
+def arm_styles(frame: pd.DataFrame, arms: list[str]) -> dict[str, ArmStyle]:
+    """One style per arm present, in the configured order, so the PNG, SVG and HTML agree."""
+    return {
+        arm: ArmStyle(OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)])
+        for i, arm in enumerate(_ordered_arms(frame, arms))
+    }
+
+
+def budget_label(budget: str, per_class: float) -> str:
+    """'5' for a budget of 5 per class; 'all (126)' for the whole pool, with its mean labels per class."""
+    return str(budget) if budget != "all" else f"all ({per_class:.0f})"
+
+
+def budget_ticks(frame: pd.DataFrame) -> list[tuple[float, str]]:
+    """The measured budgets as (x, label): a plot's x ticks sit where runs were made, not at powers of 10."""
+    pairs = frame[["labels_per_class", "budget"]].drop_duplicates("labels_per_class").sort_values("labels_per_class")
+    return [(float(x), budget_label(budget, x)) for x, budget in pairs.itertuples(index=False)]
+
+
+def seed_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max accuracy over seeds per (arm, labels per class): the line and its band."""
+    return frame.groupby(["arm", "labels_per_class"])["accuracy"].agg(["mean", "min", "max"])
+
+
+def band_caption(frame: pd.DataFrame) -> str:
+    """What the shaded band is, in the words both the plot legend and the HTML report use."""
+    counts = frame.groupby(["arm", "labels_per_class"])["seed"].nunique()
+    low, high = int(counts.min()), int(counts.max())
+    seeds = f"{high} seed{'s' if high != 1 else ''}" if low == high else f"{low}–{high} seeds"
+    return f"band: min..max over {seeds}"
+
+
+def study_subtitle(dataset: str = "", method: str = "", backbone: str = "") -> str:
+    """'dataset cifar10 · method simclr · backbone resnet18': what a curve was measured on."""
+    parts = [("dataset", dataset), ("method", method), ("backbone", backbone)]
+    return " · ".join(f"{name} {value}" for name, value in parts if value)
+
+
+def _accuracy_axes(axis, title: str) -> None:
+    """The axes every labelcurve plot shares: accuracy vs labels per class, log x."""
     axis.set_xscale("log")
-    axis.set_xlabel("labels per class")
+    axis.set_xlabel("labels per class (log scale)")
     axis.set_ylabel("test accuracy")
     axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(loc=legend)
-    return _png(figure)
 
 
-def _png(figure) -> bytes:
+def _render(figure: Figure, fmt: Format = "png") -> bytes:
+    """The figure as PNG or SVG bytes; SVG keeps text as <text>, so labels stay searchable and crisp."""
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure.savefig(buffer, format=fmt)
     plt.close(figure)
     return buffer.getvalue()
 
@@ -88,18 +148,47 @@ def pretraining_png(losses: list[float], knn: list[float], title: str) -> bytes:
     knn_axis.set(xlabel="epoch", ylabel="online kNN accuracy", title="representation quality")
     for axis in (loss_axis, knn_axis):
         axis.grid(True, alpha=0.3)
-    return _png(figure)
+    return _render(figure)
 
 
-def curve_png(frame: pd.DataFrame, arms: list[str], title: str) -> bytes:
-    """Accuracy vs labels per class (log x): mean over seeds per arm, band = min..max."""
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for arm in _ordered_arms(frame, arms):
-        part = frame[frame.arm == arm]
-        stats = part.groupby("labels_per_class")["accuracy"].agg(["mean", "min", "max"])
-        axis.plot(stats.index, stats["mean"], marker="o", label=arm)
-        axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-    return _accuracy_png(figure, axis, title, legend="best")
+def curve_figure(
+    frame: pd.DataFrame, arms: list[str], title: str, *, dataset: str = "", method: str = "", backbone: str = ""
+) -> Figure:
+    """Accuracy vs labels per class at the measured budgets: mean over seeds per arm, band = min..max.
+
+    1200x800 px at 150 dpi. Returned unrendered so tests can inspect the lines.
+    """
+    figure, axis = plt.subplots(figsize=(8, 16 / 3), dpi=150)
+    stats = seed_stats(frame)
+    for arm, style in arm_styles(frame, arms).items():
+        part = stats.loc[arm]
+        dashes = (0, style.dashes) if style.dashes else "-"
+        axis.plot(part.index, part["mean"], color=style.color, marker=style.marker, linestyle=dashes, label=arm)
+        axis.fill_between(part.index, part["min"], part["max"], color=style.color, alpha=0.15, linewidth=0)
+    _accuracy_axes(axis, study_subtitle(dataset, method, backbone))
+    axis.set_ylabel("test accuracy (line: mean over seeds)")
+    ticks = budget_ticks(frame)
+    axis.set_xticks([x for x, _ in ticks], [label for _, label in ticks])
+    axis.xaxis.set_minor_locator(NullLocator())
+    handles, labels = axis.get_legend_handles_labels()
+    band = Patch(facecolor="0.5", alpha=0.3)
+    axis.legend([*handles, band], [*labels, band_caption(frame)], loc="best")
+    figure.suptitle(title)
+    return figure
+
+
+def curve_png(
+    frame: pd.DataFrame,
+    arms: list[str],
+    title: str,
+    *,
+    dataset: str = "",
+    method: str = "",
+    backbone: str = "",
+    fmt: Format = "png",
+) -> bytes:
+    """:func:`curve_figure` as PNG (default) or SVG bytes."""
+    return _render(curve_figure(frame, arms, title, dataset=dataset, method=method, backbone=backbone), fmt)
 
 
 def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:
@@ -129,4 +218,6 @@ def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title:
                 )
     if target is not None:
         axis.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
-    return _accuracy_png(figure, axis, title, legend="lower right")
+    _accuracy_axes(axis, title)
+    axis.legend(loc="lower right")
+    return _render(figure)

@@ -1,7 +1,8 @@
 """Backbones: feature extractors that map images to a flat feature vector (``feature_dim``).
 
 Every backbone is built from its name, the input channels and image size, and a few resolved
-options (the CIFAR stem of a ResNet, the patch size of a ViT). :func:`backbone_options` resolves
+options (the CIFAR stem of a ResNet, the patch size of a ViT).
+:func:`pretrain.backbone_specs.backbone_options` resolves
 and checks those options against the image size before any compute starts, and the resolved
 options travel in the model card, so that a pulled backbone is rebuilt exactly.
 """
@@ -9,7 +10,6 @@ options travel in the model card, so that a pulled backbone is rebuilt exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,9 +18,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models.vision_transformer import VisionTransformer
 
-
-class BackboneError(ValueError):
-    """A backbone that cannot be built for this data, phrased as one line for the user."""
+from pretrain.backbone_specs import VIT_DIMS, backbone_options
 
 
 class SmallCNN(nn.Module):
@@ -112,69 +110,18 @@ class ViT(nn.Module):
         return self.encoder(x)
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one named backbone and which image sizes it takes."""
-
-    build: Callable[..., nn.Module]
-    family: str  # "cnn", "resnet" or "vit": what the options and the MAE method refer to
-    vit_dims: tuple[int, int, int] = (0, 0, 0)  # hidden size, layers, heads
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "small_cnn": BackboneSpec(lambda in_channels, image_size: SmallCNN(in_channels), "cnn"),
+#: how to build each backbone from its resolved options (:func:`backbone_options`)
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": lambda in_channels, image_size: SmallCNN(in_channels),
     **{
-        f"resnet{d}": BackboneSpec(
-            lambda in_channels, image_size, cifar_stem, d=d: resnet(d, in_channels, cifar_stem), "resnet"
-        )
+        f"resnet{d}": lambda in_channels, image_size, cifar_stem, d=d: resnet(d, in_channels, cifar_stem)
         for d in (18, 34, 50)
     },
     **{
-        name: BackboneSpec(
-            lambda in_channels, image_size, patch_size, dims=dims: ViT(image_size, patch_size, *dims, in_channels),
-            "vit",
-            dims,
-        )
-        for name, dims in {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}.items()
+        name: lambda in_channels, image_size, patch_size, dims=dims: ViT(image_size, patch_size, *dims, in_channels)
+        for name, dims in VIT_DIMS.items()
     },
 }
-
-
-def default_patch_size(image_size: int) -> int:
-    """The largest of 16, 8, 4, 2 that divides the image into at least 8 x 8 patches."""
-    return next((p for p in (16, 8, 4, 2) if image_size % p == 0 and image_size // p >= 8), 1)
-
-
-def backbone_options(name: str, image_size: int, cifar_stem: bool | None = None, patch_size: int | None = None) -> dict:
-    """The resolved build options of backbone ``name`` for ``image_size`` px images.
-
-    Raises :class:`BackboneError` naming the setting to change when the backbone cannot take
-    the images.
-    """
-    if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone '{name}': choose from {', '.join(BACKBONES)}")
-    family = BACKBONES[name].family
-    if family == "resnet":
-        stem = image_size <= 64 if cifar_stem is None else cifar_stem
-        if not stem and image_size < 32:
-            raise BackboneError(
-                f"{name} with the ImageNet stem reduces {image_size} px images to nothing (32x downsampling): "
-                "set pretrain.cifar_stem=true or data.image_size=32 or more"
-            )
-        if image_size < 8:
-            raise BackboneError(f"{name} needs images of at least 8 px: set data.image_size=8 or more")
-        return {"cifar_stem": stem}
-    if family == "vit":
-        patch = patch_size or default_patch_size(image_size)
-        if image_size % patch or image_size // patch < 2:
-            raise BackboneError(
-                f"{name} with patch size {patch} cannot tile {image_size} px images: set data.image_size to a "
-                f"multiple of {patch} (at least {2 * patch}) or pretrain.patch_size to a divisor of {image_size}"
-            )
-        return {"patch_size": patch}
-    if image_size < 4:
-        raise BackboneError(f"{name} needs images of at least 4 px: set data.image_size=4 or more")
-    return {}
 
 
 def build_backbone(name: str, in_channels: int, image_size: int = 32, **options) -> nn.Module:
@@ -183,7 +130,7 @@ def build_backbone(name: str, in_channels: int, image_size: int = 32, **options)
     ``options`` are those :func:`backbone_options` resolved (missing ones take their default).
     """
     resolved = backbone_options(name, image_size, **options)
-    return BACKBONES[name].build(in_channels=in_channels, image_size=image_size, **resolved)
+    return BUILDERS[name](in_channels=in_channels, image_size=image_size, **resolved)
 
 
 @torch.no_grad()

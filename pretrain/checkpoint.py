@@ -23,7 +23,8 @@ from pydantic.dataclasses import dataclass
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain.backbones import BACKBONES, BackboneError, build_backbone
+from pretrain.backbone_specs import BACKBONE_FAMILIES, BackboneError
+from pretrain.backbones import build_backbone
 from pretrain.views import EvalTransform
 
 WEIGHTS_FILE, CARD_FILE = "model.safetensors", "card.json"
@@ -65,7 +66,7 @@ class BackboneCard:
     extra: dict[str, str | int | float | bool | None] = dc_field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
+        if self.backbone not in BACKBONE_FAMILIES:
             raise ValueError(f"unknown backbone '{self.backbone}'")
         if not len(self.mean) == len(self.std) == self.in_channels:
             raise ValueError(f"mean and std need {self.in_channels} values, one per channel")

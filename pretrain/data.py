@@ -12,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from pyarrow import fs
-from sklearn.model_selection import train_test_split
 
+from pretrain.errors import LabelcurveError
 from pretrain.images import ImageSource
 from pretrain.manifest import POOL, TEST, UNLABELED, ListingError, Location, digest, relative
 
@@ -34,11 +36,23 @@ TORCHVISION_DATASETS = {
     "stl10": ("stl10_binary", "STL-10"),
 }
 STATS_SAMPLE = 10_000
+SUMMARY_CLASSES = 10  # classes named with their counts in the summary; the rest are counted
+#: split names as datasets publish them (case-insensitive) -> train, test or val
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+}
+SPLIT_TITLES = {POOL: "labeled pool", TEST: "test"}
 
 Progress = Callable[[str, int, int | None], None]  # (step, advance, total)
 
 
-class DataError(ValueError):
+class DataError(LabelcurveError, ValueError):
     """A data problem, phrased as one line for the user."""
 
 
@@ -72,9 +86,22 @@ class DataPlan(_Images):
     source: ImageSource
     description: str = ""
     duplicates: int = 0  # files listed twice through symlinks, dropped
+    layout: str = ""  # how data.path was read, e.g. which folder became which split
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame.split == name]
+
+    def summary(self) -> str:
+        """Two lines on what was understood, to print before compute: a misread layout shows here."""
+        counts = self.frame.split.value_counts()
+        per_class = list(self.class_counts().items())
+        named = ", ".join(f"{name} {n}" for name, n in per_class[:SUMMARY_CLASSES])
+        rest = f", {len(per_class) - SUMMARY_CLASSES} more" if len(per_class) > SUMMARY_CLASSES else ""
+        return (
+            f"data: {self.description} read as {self.layout}\n"
+            f"data: {len(self.classes)} classes ({named}{rest}); labeled pool {counts.get(POOL, 0)}, "
+            f"test {counts.get(TEST, 0)}, unlabeled {counts.get(UNLABELED, 0)}"
+        )
 
     @property
     def digest(self) -> str:
@@ -108,14 +135,15 @@ class StudyData(_Images):
         return self.frame.item[self.frame.split != TEST].tolist()
 
 
-def _location(where: str, key: str) -> Location:
+def _location(where: str, key: str, kind: fs.FileType = fs.FileType.Directory) -> Location:
     try:
         location = Location.parse(where, key)
-        kind = location.kind(location.path)
+        found = location.kind(location.path)
     except ListingError as error:
         raise DataError(str(error)) from None
-    if kind != fs.FileType.Directory:
-        raise DataError(f"{key} '{where}' does not exist: point it at an ImageFolder root")
+    if found != kind:
+        what = "a CSV of path,label" if kind == fs.FileType.File else "an ImageFolder root"
+        raise DataError(f"{key} '{where}' does not exist: point it at {what}")
     return location
 
 
@@ -132,34 +160,163 @@ def _without_symlink_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]
     return kept, len(frame) - len(kept)
 
 
-def _folder_frame(root: Location, progress: Progress | None) -> tuple[tuple[str, ...], pd.DataFrame, int]:
-    """An ImageFolder root: ``<class>/...`` or ``train/<class>/...`` (+ ``test/<class>/...``)."""
-    step = (lambda n: progress("listing", n, None)) if progress else None
-    frame = root.images(root.path, step)
-    frame, duplicates = _without_symlink_duplicates(frame)
-    parts = relative(frame.item, root).str.split("/")
-    has_split = "train" in root.folders(root.path)
-    if has_split:
-        top = parts.str[0]
-        frame = frame[top.isin(["train", "test"]) & (parts.str.len() >= 3)]
-        parts = parts[frame.index]
-        split = np.where(parts.str[0] == "train", POOL, TEST)
-        class_name = parts.str[1]
-    else:
-        frame = frame[parts.str.len() >= 2]
-        parts = parts[frame.index]
-        split = np.full(len(frame), POOL)
-        class_name = parts.str[0]
-    frame = frame.assign(split=split, _class=class_name.to_numpy())
+class _Listing(NamedTuple):
+    """The labeled items read from data.path and how data.path was read (for the summary)."""
+
+    classes: tuple[str, ...]
+    frame: pd.DataFrame
+    layout: str
+    duplicates: int = 0
+
+
+def _split_of(name: str) -> str | None:
+    """``train``, ``test`` or ``val`` for a folder or CSV value named like a split, else None."""
+    return SPLIT_NAMES.get(name.strip().lower())
+
+
+def _destinations(validation: str | None) -> dict[str, str]:
+    """Where each split goes: validation data is labeled data, so the pool unless asked otherwise."""
+    return {"train": POOL, "test": TEST, "val": TEST if validation == TEST else POOL}
+
+
+def _labeled(frame: pd.DataFrame, empty: str) -> tuple[tuple[str, ...], pd.DataFrame]:
+    """The classes of the labeled pool, and the items with a ``label`` in place of ``_class``;
+    ``empty`` is the error for a labeled pool without images."""
     classes = tuple(sorted(frame._class[frame.split == POOL].unique()))
     if not classes:
-        where = root.item(root.path + ("/train" if has_split else ""))
-        raise DataError(f"no images found under '{where}': expected {where}/<class>/<image> files")
+        raise DataError(empty)
     unknown = set(frame._class[frame.split == TEST]) - set(classes)
     if unknown:
-        raise DataError(f"test classes {sorted(unknown)} have no train folder: add or remove them")
+        raise DataError(f"test classes {sorted(unknown)} are not in the labeled pool: add or remove them")
     frame = frame.assign(label=frame._class.map({c: i for i, c in enumerate(classes)}).astype(np.int64))
-    return classes, frame.drop(columns="_class").reset_index(drop=True), duplicates
+    return classes, frame.drop(columns="_class").reset_index(drop=True)
+
+
+def _split_folders(where: str, folders: list[str], validation: str | None) -> dict[str, str]:
+    """Each split folder of the root -> its split; a root that would be misread is an error."""
+    kinds = {f: _split_of(f) for f in folders}
+    others = [f for f in folders if kinds[f] is None]
+    if others:
+        found = ", ".join(f for f in folders if kinds[f])
+        raise DataError(
+            f"data.path '{where}' mixes split folders ({found}) with other folders ({', '.join(others)}): move "
+            "the class folders into the split folders, or rename a class that is named like a split"
+        )
+    for kind in sorted(set(kinds.values())):
+        same = [f for f in folders if kinds[f] == kind]
+        if len(same) > 1:
+            raise DataError(f"data.path '{where}' has {len(same)} {kind} folders ({', '.join(same)}): keep one")
+    if "train" not in kinds.values():
+        raise DataError(
+            f"data.path '{where}' has {', '.join(folders)} but no train folder: "
+            f"add {where}/train/<class>/<image> for the labeled pool"
+        )
+    destinations = _destinations(validation)
+    return {f: destinations[kind] for f, kind in kinds.items()}
+
+
+def _check_class_names(where: str, parts: pd.Series) -> None:
+    """A class folder named like a split inside a split folder is a doubly nested download."""
+    named_like_split = parts.str[1].map(_split_of).notna()
+    nested = sorted((parts.str[0] + "/" + parts.str[1])[named_like_split].unique())
+    if nested:
+        raise DataError(
+            f"data.path '{where}' has class folders named like splits ({', '.join(nested[:3])}): "
+            "lay the data out as <split>/<class>/<image>"
+        )
+
+
+def _check_not_wrapped(where: str, parts: pd.Series) -> None:
+    """One folder holding several folders is the folder of a download, not a one-class study."""
+    top = parts.str[0].unique()
+    inner = parts[parts.str.len() >= 3].str[1].unique()
+    if len(top) == 1 and len(inner) >= 2:
+        kind = "split" if all(_split_of(name) for name in inner) else "class"
+        raise DataError(
+            f"data.path '{where}' holds one folder '{top[0]}' of {kind} folders: point data.path at {where}/{top[0]}"
+        )
+
+
+def _folder_frame(root: Location, validation: str | None, progress: Progress | None) -> _Listing:
+    """An ImageFolder root: ``<class>/<image>``, or split folders such as ``train/<class>/<image>``
+    (+ ``test/``, ``val/``; named in any case, ``Training/``, ``valid/``...)."""
+    step = (lambda n: progress("listing", n, None)) if progress else None
+    frame, duplicates = _without_symlink_duplicates(root.images(root.path, step))
+    parts = relative(frame.item, root).str.split("/")
+    in_folder = parts.str.len() >= 2  # images at the root itself have no class
+    frame, parts = frame[in_folder], parts[in_folder]
+    where = root.item(root.path)
+    folders = sorted(parts.str[0].unique())
+    expected = where
+    if any(_split_of(f) for f in folders):
+        splits = _split_folders(where, folders, validation)
+        expected += "/" + next(f for f in folders if _split_of(f) == "train")
+        in_class = parts.str.len() >= 3
+        frame, parts = frame[in_class], parts[in_class]
+        _check_class_names(where, parts)
+        frame = frame.assign(split=parts.str[0].map(splits), _class=parts.str[1])
+        layout = "split folders " + ", ".join(f"{f}/ -> {SPLIT_TITLES[s]}" for f, s in splits.items())
+    else:
+        _check_not_wrapped(where, parts)
+        frame = frame.assign(split=POOL, _class=parts.str[0])
+        layout = "class folders <class>/<image>"
+    classes, frame = _labeled(frame, f"no images found under '{expected}': expected {expected}/<class>/<image> files")
+    return _Listing(classes, frame, layout, duplicates)
+
+
+def _read_csv(csv: Location) -> pd.DataFrame:
+    """The CSV's rows as text, column names lower-cased; a file that is no CSV is an error."""
+    where = csv.item(csv.path)
+    try:
+        with csv.filesystem.open_input_stream(csv.path) as handle:
+            table = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise DataError(f"data.path '{where}' cannot be read as a CSV ({reason}): write path,label rows") from None
+    table.columns = table.columns.str.strip().str.lower()
+    if not {"path", "label"} <= set(table.columns):
+        raise DataError(f"data.path '{where}' needs the columns path,label: it has {','.join(table.columns)}")
+    return table.map(str.strip)
+
+
+def _csv_splits(where: str, table: pd.DataFrame, validation: str | None) -> pd.Series:
+    """Each row's split from the optional ``split`` column (train when there is none)."""
+    if "split" not in table:
+        return pd.Series(POOL, index=table.index)
+    kinds = table.split.map(_split_of)
+    if kinds.isna().any():
+        bad = sorted(table.split[kinds.isna()].unique())
+        raise DataError(f"data.path '{where}' has split values {bad[:3]}: use train, test or val")
+    return kinds.map(_destinations(validation))
+
+
+def _csv_frame(csv: Location, validation: str | None) -> _Listing:
+    """A CSV of ``path,label[,split]``; paths relative to the CSV's folder or absolute."""
+    where = csv.item(csv.path)
+    table = _read_csv(csv)
+    if (table.label == "").any():
+        raise DataError(f"data.path '{where}' has {(table.label == '').sum()} rows without a label: label or drop them")
+    folder = posixpath.dirname(csv.path)
+    paths = [posixpath.normpath(posixpath.join(folder, p)) for p in table.path]
+    infos = csv.filesystem.get_file_info(paths)
+    missing = [csv.item(i.path) for i in infos if i.type != fs.FileType.File]
+    if missing:
+        raise DataError(
+            f"data.path '{where}' lists {len(missing)} files that do not exist ({', '.join(missing[:3])}): "
+            "fix the paths (relative to the CSV's folder, or absolute)"
+        )
+    frame = pd.DataFrame(
+        {
+            "item": pd.Series([csv.item(p) for p in paths], dtype=object),
+            "size": np.array([i.size or 0 for i in infos], dtype=np.int64),
+            "mtime": np.array([i.mtime_ns or 0 for i in infos], dtype=np.int64),
+            "split": _csv_splits(where, table, validation).to_numpy(),
+            "_class": table.label.to_numpy(),
+        }
+    )
+    classes, frame = _labeled(frame, f"data.path '{where}' has no train rows: the labeled pool comes from split=train")
+    columns = ",".join(c for c in ("path", "label", "split") if c in table)
+    return _Listing(classes, frame, f"a CSV of {columns}")
 
 
 def _torchvision_frame(cfg) -> tuple[tuple[str, ...], pd.DataFrame]:
@@ -217,29 +374,36 @@ def _keep_classes(wanted: list[str], classes: tuple[str, ...], frame: pd.DataFra
     return labeled.assign(label=labeled.label.map(relabel).astype(np.int64))
 
 
-def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
-    """List items and draw the fixed stratified test split; no image is decoded here.
-
-    ``cfg`` is a :class:`cluster.config.DataConfig` (any object with the same fields).
-    """
-    duplicates = 0
+def _listing(cfg, progress: Progress | None) -> tuple[_Listing, ImageSource, str]:
+    """The labeled items of ``data.name`` / ``data.path``, how to decode them, and a title."""
     if cfg.name == "digits":
         from sklearn.datasets import load_digits
 
         labels = load_digits().target.astype(np.int64)
         frame = pd.DataFrame({"item": [f"digits:{i}" for i in range(len(labels))], "label": labels, "split": POOL})
-        classes = tuple(str(c) for c in range(10))
-        source, description = ImageSource(cfg.image_size or 16, 1), "sklearn digits"
-    elif cfg.name in TORCHVISION_DATASETS:
-        classes, frame = _torchvision_frame(cfg)
+        listing = _Listing(tuple(str(c) for c in range(10)), frame, "one labeled set")
+        return listing, ImageSource(cfg.image_size or 16, 1), "sklearn digits"
+    if cfg.name in TORCHVISION_DATASETS:
+        listing = _Listing(*_torchvision_frame(cfg), "torchvision's own splits")
         native = 96 if cfg.name == "stl10" else 32
         root = str(Path(cfg.path).expanduser().resolve())
         source = ImageSource(cfg.image_size or native, cfg.channels or 3, root)
-        description = f"{TORCHVISION_DATASETS[cfg.name][1]} in {root}"
+        return listing, source, f"{TORCHVISION_DATASETS[cfg.name][1]} in {root}"
+    if cfg.path.lower().endswith(".csv"):
+        where = _location(cfg.path, "data.path", fs.FileType.File)
+        listing = _csv_frame(where, cfg.validation)
     else:
-        root = _location(cfg.path, "data.path")
-        classes, frame, duplicates = _folder_frame(root, progress)
-        source, description = ImageSource(cfg.image_size or 32, cfg.channels or 3), root.item(root.path)
+        where = _location(cfg.path, "data.path")
+        listing = _folder_frame(where, cfg.validation, progress)
+    return listing, ImageSource(cfg.image_size or 32, cfg.channels or 3), where.item(where.path)
+
+
+def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
+    """List items and draw the fixed stratified test split; no image is decoded here.
+
+    ``cfg`` is a :class:`cluster.config.DataConfig` (any object with the same fields).
+    """
+    (classes, frame, layout, duplicates), source, description = _listing(cfg, progress)
     frame = frame.reindex(columns=["item", "label", "split", "size", "mtime"]).fillna({"size": 0, "mtime": 0})
     frame = frame.astype({"size": np.int64, "mtime": np.int64, "label": np.int64})
     if cfg.classes:
@@ -253,6 +417,8 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
         if np.bincount(pool.label).min() < 2:
             raise DataError("a class has fewer than 2 images: a stratified test split needs at least 2")
         try:
+            from sklearn.model_selection import train_test_split  # scipy: 2 s to import, only needed here
+
             _, test_index = train_test_split(
                 pool.index, test_size=cfg.test_fraction, stratify=pool.label, random_state=cfg.split_seed
             )
@@ -262,6 +428,7 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
                 "split: lower data.test_fraction or add images"
             ) from None
         frame.loc[test_index, "split"] = TEST
+        layout += f"; no test split given: {cfg.test_fraction:.0%} of each class drawn as the test split"
     frame = _per_class_cap(frame, POOL, cfg.max_per_class, cfg.split_seed)
     frame = _per_class_cap(frame, TEST, cfg.max_test_per_class, cfg.split_seed)
     if cfg.unlabeled_path:
@@ -279,7 +446,7 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
         frame = frame.drop(extra.index.delete(keep))
     order = frame.split.map({POOL: 0, TEST: 1, UNLABELED: 2})
     frame = frame.assign(_order=order).sort_values(["_order", "item"]).drop(columns="_order").reset_index(drop=True)
-    return DataPlan(classes, frame, source, description, duplicates)
+    return DataPlan(classes, frame, source, description, duplicates, layout)
 
 
 def _read_all(source: ImageSource, items: list[str], progress: Progress | None, step: str, hashes: bool = True):

@@ -16,11 +16,13 @@ import io
 import logging
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch loads on the first decode: listing and planning data need none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class ImageSource:
 
     def read_many(self, items: list[str]) -> tuple[torch.Tensor, np.ndarray]:
         """A uint8 ``N x C x H x W`` batch of the readable ``items``, and the mask of which were."""
+        import torch
+
         arrays = [self.read(item) for item in items]
         ok = np.array([a is not None for a in arrays], dtype=bool)
         kept = [torch.from_numpy(a) for a in arrays if a is not None]
@@ -135,6 +139,9 @@ def resize(array: np.ndarray, size: int) -> np.ndarray:
     """Bilinear, antialiased resize of a uint8 ``C x H x W`` array to ``size x size``."""
     if array.shape[-2:] == (size, size):
         return np.ascontiguousarray(array)
+    import torch
+    import torch.nn.functional as F
+
     image = torch.from_numpy(np.ascontiguousarray(array))[None].float()
     resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
     return resized[0].round().clamp(0, 255).to(torch.uint8).numpy()

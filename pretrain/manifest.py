@@ -20,12 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs
 
+from pretrain.errors import LabelcurveError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 POOL, TEST, UNLABELED = "pool", "test", "unlabeled"
 COLUMNS = ("item", "label", "split", "size", "mtime")
 
 
-class ListingError(ValueError):
+class ListingError(LabelcurveError, ValueError):
     """A location that cannot be listed, phrased as one line for the user."""
 
 

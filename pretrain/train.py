@@ -31,11 +31,13 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
 
-from pretrain.backbones import backbone_options, build_backbone, embed
+from pretrain.backbone_specs import backbone_options
+from pretrain.backbones import build_backbone, embed
 from pretrain.data import DataError, StudyData
 from pretrain.errors import ResourceError
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL
+from pretrain.method_options import chosen_options
 from pretrain.methods import METHODS, build_method
 from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch
 from pretrain.views import ViewSettings, normalize
@@ -207,7 +209,7 @@ def _train_worker(config: dict) -> None:
     model = build_method(
         p.method,
         build_backbone(p.backbone, config["channels"], config["image_size"], **config["backbone_options"]),
-        p.options,
+        chosen_options(p.method, p.options),
         lr=config["lr"],
         weight_decay=p.weight_decay,
         optimizer=p.optimizer,
@@ -275,6 +277,12 @@ def effective_batch_size(batch_size: int, num_workers: int, n_images: int) -> in
     return max(2, min(batch_size, n_images // num_workers))
 
 
+def scaled_lr(lr: float, batch_size: int, num_workers: int) -> float:
+    """``lr`` is set for a global batch of 256 (Goyal et al., 2017): scale it linearly to the
+    batch every step really sees (the per-worker batch after :func:`effective_batch_size`)."""
+    return lr * batch_size * num_workers / 256
+
+
 def input_mode(settings: dict, n_images: int, image_bytes: int = 0) -> str:
     """Where views are made: Ray Data tasks (``stream``) or each worker for its own shard (``local``).
 
@@ -337,7 +345,7 @@ def pretrain(
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
     views = ViewSettings.from_config(p, data.image_size, data.mean, data.std)
-    transform = METHODS[p.method].transform(views, **p.options)
+    transform = METHODS[p.method].transform(views, chosen_options(p.method, p.options))
     datasets = {}
     if mode == "stream":
         datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus)
@@ -351,7 +359,7 @@ def pretrain(
             "image_size": data.image_size,
             "seed": seed,
             "batch_size": batch,
-            "lr": p.lr * batch * p.num_workers / 256,
+            "lr": scaled_lr(p.lr, batch, p.num_workers),
             "tracking": tracking,
             "backbone_options": backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size),
             "knn": ray.put(knn) if knn else None,

@@ -81,3 +81,55 @@ def test_torchvision_dataset_root_without_its_files(labelcurve, tmp_path):
     assert_rejected_before_compute(
         result, tmp_path, "has no complete CIFAR-10", "cifar-10-batches-py/", "set data.download=true"
     )
+
+
+HEAVY = ("torch", "lightly", "pytorch_lightning", "ray", "mlflow", "sklearn")
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level packages named by ``python -X importtime`` (one line per imported module)."""
+    names = (line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:"))
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["run", "pretrain.epoch=5"],
+        ["run", "data.name=folder", "data.path=/nonexistent/images"],
+        ["run", "pretrain.options.simclr.temperature=0"],
+    ],
+)
+def test_help_and_bad_input_load_none_of_the_training_stack(argv, tmp_path):
+    """`labelcurve --help` and a bad input answer before torch, Ray, MLflow or scikit-learn
+    (seconds of imports each) are loaded; ``benchmarks/cli_time.py`` measures the time."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from cluster.cli import main; sys.argv = ['labelcurve', *{argv!r}]; main()"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == (0 if "--help" in argv else 2), result.stderr[-2000:]
+    assert not _imported(result.stderr) & set(HEAVY), sorted(_imported(result.stderr) & set(HEAVY))
+    if "--help" not in argv:
+        assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_commands_are_grouped_and_old_spellings_point_to_the_new(labelcurve, tmp_path):
+    top = labelcurve("--help")
+    commands = [line.split()[0] for line in top.stdout.split("Commands:")[1].splitlines() if line.startswith("  ")]
+    assert {"job", "model", "run", "ui", "predict"} <= set(commands)
+    assert not {"submit", "jobs", "logs", "pull", "models", "alias"} & set(commands)  # hidden, not gone
+    for group, subcommands in {
+        "job": ["submit", "list", "status", "logs", "stop"],
+        "model": ["list", "pull", "alias"],
+    }.items():
+        helped = labelcurve(group, "--help")
+        assert "Example:" in helped.stdout and all(f"  {c} " in helped.stdout for c in subcommands), helped.stdout
+    old = labelcurve("models", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert old.returncode == 2
+    assert old.stderr.splitlines()[0] == "note: `labelcurve models` is now `labelcurve model list`"
+    assert old.stderr.splitlines()[1].startswith("Error: MLflow tracking server http://127.0.0.1:9 is not reachable")

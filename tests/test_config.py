@@ -1,7 +1,7 @@
 import pytest
 
 from cluster.config import DEFAULT_CONFIG, ConfigError, StudyConfig, load_config, parse_override
-from pretrain.methods import METHODS
+from pretrain.method_options import METHOD_OPTIONS
 
 
 def test_quickstart_config_is_valid_and_matches_the_defaults_that_matter():
@@ -55,32 +55,70 @@ def test_missing_and_invalid_config_files(tmp_path):
         load_config(broken)
 
 
+SECTIONS = ("data", "pretrain", "finetune")
+
+
 def test_fingerprint_ignores_the_grid_but_not_the_recipe():
     base = load_config()
     more_seeds = load_config(None, ["finetune.seeds=[0, 1, 2, 3]", "finetune.budgets=[1]"])
-    longer = load_config(None, ["pretrain.epochs=7"])
-    sections = ("data", "pretrain", "finetune")
-    assert base.fingerprint(*sections) == load_config().fingerprint(*sections)
-    assert StudyConfig().fingerprint(*sections) != base.fingerprint("data", "pretrain")
-    assert more_seeds.fingerprint(*sections) == base.fingerprint(*sections)
-    assert longer.fingerprint(*sections) != base.fingerprint(*sections)
+    assert base.fingerprint(*SECTIONS) == load_config().fingerprint(*SECTIONS)
+    assert StudyConfig().fingerprint(*SECTIONS) != base.fingerprint(*SECTIONS)
+    assert more_seeds.fingerprint(*SECTIONS) == base.fingerprint(*SECTIONS)
+    for changed in ["pretrain.epochs=7", "pretrain.options.simclr.temperature=0.3", "data.split_seed=1", "seed=1"]:
+        assert load_config(None, [changed]).fingerprint(*SECTIONS) != base.fingerprint(*SECTIONS), changed
 
 
-def test_learning_rate_scales_with_the_global_batch():
-    cfg = load_config(None, ["pretrain.lr=0.004", "pretrain.batch_size=64", "pretrain.num_workers=4"])
-    assert cfg.pretrain.effective_lr == pytest.approx(0.004 * 256 / 256)
+def test_fingerprint_ignores_what_changes_no_result():
+    """A study run locally and then submitted (absolute storage path, other retries) resumes."""
+    base = load_config().fingerprint(*SECTIONS)
+    elsewhere = [
+        "pretrain.storage_path=/shared/labelcurve-runs",
+        "pretrain.checkpoint_every=3",
+        "pretrain.max_failures=5",
+        "pretrain.online_knn=0",
+        "pretrain.model_name=my-backbone",
+        "pretrain.augment_cpus=2",
+        "pretrain.options.byol.momentum=0.9",  # a block of a method that is not chosen
+    ]
+    assert load_config(None, elsewhere).fingerprint(*SECTIONS) == base
+    cifar = ["data.name=cifar10", "data.path=/data"]
+    assert load_config(None, [*cifar, "data.download=true"]).fingerprint(*SECTIONS) == load_config(
+        None, cifar
+    ).fingerprint(*SECTIONS)
+
+
+def test_every_method_is_one_override_away_on_the_default_config():
+    for method in METHOD_OPTIONS:
+        overrides = [f"pretrain.method={method}"] + (["pretrain.backbone=vit_tiny"] if method == "mae" else [])
+        cfg = load_config(None, overrides)
+        if method != "simclr":  # the quickstart sets simclr's options only
+            assert cfg.pretrain.method_options == METHOD_OPTIONS[method](), method
+    assert load_config().pretrain.method_options.temperature == 0.2  # the quickstart's simclr block
+
+
+def test_method_options_are_checked_against_their_domain_before_compute():
+    for override, fragment in [
+        ("pretrain.options.simclr.temperature=0", "simclr option 'temperature': Input should be greater than 0"),
+        ("pretrain.options.mae.mask_ratio=1.5", "mae option 'mask_ratio'"),
+        ("pretrain.options.byol.momentum=2", "byol option 'momentum'"),
+        ("pretrain.options.temperature=0.1", "options sit under their method's name"),
+        ("pretrain.options.simcl={temperature: 0.1}", "did you mean 'simclr'?"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            load_config(None, [override])
+        assert fragment in str(error.value), override
 
 
 def test_a_recipe_extends_its_base_and_states_only_the_difference(tmp_path):
     (tmp_path / "base.yaml").write_text(
-        "study: base\npretrain: {method: byol, epochs: 200, options: {hidden_dim: 4096, momentum: 0.99}}\n"
+        "study: base\npretrain: {method: byol, epochs: 200, options: {byol: {hidden_dim: 4096, momentum: 0.99}}}\n"
     )
     (tmp_path / "cpu.yaml").write_text(
-        "extends: base.yaml\nstudy: cpu\npretrain: {epochs: 5, options: {momentum: 0.9}}\n"
+        "extends: base.yaml\nstudy: cpu\npretrain: {epochs: 5, options: {byol: {momentum: 0.9}}}\n"
     )
     cfg = load_config(tmp_path / "cpu.yaml")
     assert (cfg.study, cfg.pretrain.method, cfg.pretrain.epochs) == ("cpu", "byol", 5)
-    assert cfg.pretrain.options == {"hidden_dim": 4096, "momentum": 0.9}
+    assert cfg.pretrain.options == {"byol": {"hidden_dim": 4096, "momentum": 0.9}}
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="in a cycle"):
         load_config(tmp_path / "loop.yaml")
@@ -91,7 +129,8 @@ def test_every_shipped_config_is_valid():
     assert len(configs) >= 22
     for path in configs:
         cfg = load_config(path)
-        assert cfg.pretrain.method in METHODS, path
+        assert cfg.pretrain.method in METHOD_OPTIONS, path
+        assert set(cfg.pretrain.options) <= {cfg.pretrain.method}, path  # no recipe pins another method's options
 
 
 @pytest.mark.parametrize(
@@ -100,8 +139,11 @@ def test_every_shipped_config_is_valid():
         (["pretrain.method=simclrr"], ["unknown method 'simclrr': did you mean 'simclr'?", "valid ones are", "mae"]),
         (["pretrain.backbone=resnet"], ["unknown backbone 'resnet'", "resnet18, resnet34, resnet50", "vit_small"]),
         (["pretrain.method=mae"], ["method mae needs one of the backbones vit_tiny, vit_small"]),
-        (["pretrain.options={tau: 0.1}"], ["unknown option 'tau' for method simclr", "temperature, projection_dim"]),
-        (["pretrain.method=byol", "pretrain.options={momentum: high}"], ["option 'momentum'", "valid number"]),
+        (
+            ["pretrain.options.simclr={tau: 0.1}"],
+            ["unknown option 'tau' for method simclr", "temperature, projection_dim"],
+        ),
+        (["pretrain.method=byol", "pretrain.options.byol={momentum: high}"], ["option 'momentum'", "valid number"]),
     ],
 )
 def test_method_backbone_and_option_mistakes_name_the_valid_choices(overrides, fragments):
@@ -112,7 +154,7 @@ def test_method_backbone_and_option_mistakes_name_the_valid_choices(overrides, f
 
 
 def test_backbones_refuse_image_sizes_they_cannot_take():
-    from pretrain.backbones import BackboneError, backbone_options
+    from pretrain.backbone_specs import BackboneError, backbone_options
 
     assert backbone_options("resnet18", 16) == {"cifar_stem": True}
     assert backbone_options("resnet50", 224) == {"cifar_stem": False}
@@ -132,7 +174,7 @@ def test_study_names_cannot_leave_the_storage_path():
 
 def test_job_env_carries_no_secret(monkeypatch):
     from cluster.jobs import job_env
-    from cluster.tracking import redacted
+    from cluster.tracking_server import redacted
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")

@@ -4,6 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cluster.config import DataConfig
@@ -218,9 +219,13 @@ def test_online_knn_slice_is_a_stratified_split_of_the_pool_only():
     assert len(knn["bank_labels"]) + len(knn["query_labels"]) == 200
     assert set(knn["bank_labels"]) == set(knn["query_labels"]) == set(range(10))
     assert knn["bank"].shape[1:] == (1, 16, 16) and knn["bank"].dtype.is_floating_point
-    test_pixels = {data.source.read(item).tobytes() for item in data.items(TEST)}
-    slice_pixels = {x.tobytes() for x in data.source.read_many(data.items(POOL))[0].numpy()}
-    assert not test_pixels & slice_pixels  # the slice comes from the pool, which shares no image with the test split
+    from pretrain.views import normalize
+
+    test = normalize(data.source.read_many(data.items(TEST))[0], data.mean, data.std)
+    pool = normalize(data.source.read_many(data.items(POOL))[0], data.mean, data.std)
+    sliced = {x.numpy().tobytes() for x in torch.cat([knn["bank"], knn["queries"]])}
+    assert len(sliced) == 200 and sliced <= {x.numpy().tobytes() for x in pool}
+    assert not sliced & {x.numpy().tobytes() for x in test}  # no image of the test split in the slice
     assert knn_subset(data, 5) is None  # 10 classes cannot be stratified into 5 images
 
 
@@ -231,3 +236,129 @@ def test_one_class_and_a_test_split_that_empties_a_class_are_one_line_errors(tmp
     write_image_folder(tmp_path / "two", {"a": 2, "b": 8})
     with pytest.raises(DataError, match="leaves a class no image in the labeled pool or the test split"):
         plan_data(DataConfig(name="folder", path=str(tmp_path / "two"), test_fraction=0.9))
+
+
+def _split_root(root, folders: dict[str, dict[str, int]]):
+    """A dataset root of split folders, each holding class folders: ``{split folder: {class: count}}``."""
+    for seed, (folder, per_class) in enumerate(folders.items()):
+        write_image_folder(root / folder, per_class, seed=seed)
+    return root
+
+
+def _folder(path, **settings) -> DataConfig:
+    return DataConfig(name="folder", path=str(path), **settings)
+
+
+def test_training_and_testing_folders_are_splits_not_classes(tmp_path):
+    _split_root(tmp_path, {"Training": {"a": 4, "b": 5}, "Testing": {"a": 2, "b": 3}})
+    plan = plan_data(_folder(tmp_path))
+    assert plan.classes == ("a", "b")
+    assert plan.class_counts() == {"a": 4, "b": 5}
+    assert len(plan.split(TEST)) == 5 and plan.split(TEST).item.str.contains("/Testing/").all()
+    assert "Testing/ -> test" in plan.summary() and "Training/ -> labeled pool" in plan.summary()
+
+
+@pytest.mark.parametrize(
+    "names", [("TRAIN", "Test", "VAL"), ("train", "TESTING", "Validation"), ("Training", "test", "Valid")], ids="-".join
+)
+def test_split_folder_names_are_case_insensitive(tmp_path, names):
+    train, test, val = names
+    _split_root(tmp_path, {train: {"a": 3, "b": 3}, test: {"a": 2, "b": 2}, val: {"a": 1, "b": 1}})
+    plan = plan_data(_folder(tmp_path))
+    assert plan.classes == ("a", "b")
+    assert plan.class_counts() == {"a": 4, "b": 4}  # train and validation
+    assert plan.split(TEST).item.str.contains(f"/{test}/").all() and len(plan.split(TEST)) == 4
+
+
+def test_validation_folder_joins_the_pool_or_the_test_split(tmp_path):
+    _split_root(tmp_path, {"train": {"a": 4, "b": 4}, "valid": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}})
+    pooled = plan_data(_folder(tmp_path))
+    assert pooled.class_counts() == {"a": 6, "b": 6} and len(pooled.split(TEST)) == 2
+    held_out = plan_data(_folder(tmp_path, validation="test"))
+    assert held_out.class_counts() == {"a": 4, "b": 4} and len(held_out.split(TEST)) == 6
+    assert held_out.split(TEST).item.str.contains("/valid/").sum() == 4
+    assert "valid/ -> test" in held_out.summary()
+
+
+def test_csv_of_path_label_and_split_relative_or_absolute(tmp_path):
+    write_image_folder(tmp_path / "img", {"a": 4, "b": 4})
+    rows = [f"img/{c}/{i:04d}.png,{c},{'TRAIN' if c == 'a' else 'Training'}" for c in "ab" for i in range(3)]
+    rows += [f"{tmp_path}/img/a/0003.png,a,Test", "img/b/0003.png,b,val"]
+    (tmp_path / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    plan = plan_data(_folder(tmp_path / "labels.csv"))
+    assert plan.classes == ("a", "b") and plan.class_counts() == {"a": 3, "b": 4}  # val joins the pool
+    assert sorted(plan.split(TEST).item) == [str(tmp_path / "img" / "a" / "0003.png")]
+    assert (plan.frame["size"] > 0).all() and "a CSV of path,label,split" in plan.summary()
+    data = load_data(plan)
+    assert len(data.items(POOL)) == 7 and data.skipped == 0
+    (tmp_path / "nosplit.csv").write_text("path,label\n" + "\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
+    drawn = plan_data(_folder(tmp_path / "nosplit.csv", test_fraction=0.25))
+    assert len(drawn.frame) == 8 and len(drawn.split(TEST)) == 2  # no split column: stratified test split
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "path,label\n" + "".join(f"gone/{i}.png,a\n" for i in range(5)) + "img/a/0000.png,a\n",
+            r"lists 5 files that do not exist \(.*/gone/0.png, .*/gone/1.png, .*/gone/2.png\)",
+        ),
+        ("file,class\nimg/a/0000.png,a\n", "needs the columns path,label: it has file,class"),
+        ("path,label,split\nimg/a/0000.png,a,train\nimg/b/0000.png,b,holdout\n", r"split values \['holdout'\]"),
+        ("path,label\nimg/a/0000.png,a\nimg/b/0000.png,\n", "has 1 rows without a label"),
+        ("path,label,split\nimg/a/0000.png,a,test\nimg/b/0000.png,b,test\n", "has no train rows"),
+        ("", "cannot be read as a CSV"),
+    ],
+    ids=["missing-files", "columns", "split-values", "empty-label", "no-train-rows", "empty-file"],
+)
+def test_csv_problems_are_one_line_errors(tmp_path, text, message):
+    write_image_folder(tmp_path / "img", {"a": 1, "b": 1})
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(DataError, match=message) as error:
+        plan_data(_folder(tmp_path / "labels.csv"))
+    assert "\n" not in str(error.value) and str(tmp_path / "labels.csv") in str(error.value)
+
+
+def test_missing_csv_says_what_to_point_at(tmp_path):
+    with pytest.raises(DataError, match=r"labels\.csv' does not exist: point it at a CSV of path,label"):
+        plan_data(_folder(tmp_path / "labels.csv"))
+
+
+@pytest.mark.parametrize(
+    "folders, message",
+    [
+        ({"test": {"a": 2, "b": 2}}, "has test but no train folder: add .*/train/<class>/<image>"),
+        ({"Validation": {"a": 2, "b": 2}, "Testing": {"a": 2, "b": 2}}, "has Testing, Validation but no train"),
+        ({"train": {"a": 2, "b": 2}, "cat": {"x": 2}}, r"mixes split folders \(train\) with other folders \(cat\)"),
+        ({"Training": {"a": 2, "b": 2}, "train": {"a": 2, "b": 2}}, r"has 2 train folders \(Training, train\)"),
+        ({"train/train": {"a": 2, "b": 2}, "test/test": {"a": 1}}, r"class folders named like splits \(test/test, tr"),
+        ({"dl": {"a": 2, "b": 2}}, "holds one folder 'dl' of class folders: point data.path at .*/dl$"),
+        ({"dl/Training": {"a": 2}, "dl/Testing": {"a": 1}}, "holds one folder 'dl' of split folders: point data.path"),
+    ],
+    ids=["test-only", "no-train", "mixed", "two-train", "nested", "wrapped-classes", "wrapped-splits"],
+)
+def test_layouts_that_would_be_misread_are_one_line_errors(tmp_path, folders, message):
+    _split_root(tmp_path / "root", folders)
+    with pytest.raises(DataError, match=message) as error:
+        plan_data(_folder(tmp_path / "root"))
+    assert "\n" not in str(error.value) and f"data.path '{tmp_path / 'root'}'" in str(error.value)
+
+
+def test_validation_classes_held_out_must_be_in_the_pool(tmp_path):
+    _split_root(tmp_path, {"train": {"a": 2, "b": 2}, "val": {"a": 1, "c": 2}})
+    assert plan_data(_folder(tmp_path)).classes == ("a", "b", "c")  # pooled, c is a class
+    with pytest.raises(DataError, match=r"test classes \['c'\] are not in the labeled pool"):
+        plan_data(_folder(tmp_path, validation="test"))
+
+
+def test_summary_names_the_layout_classes_and_split_sizes(tmp_path):
+    write_image_folder(tmp_path / "few", {"a": 10, "b": 10})
+    lines = plan_data(_folder(tmp_path / "few")).summary().splitlines()
+    assert (
+        lines[0] == f"data: {tmp_path / 'few'} read as class folders <class>/<image>; no test split given: 30% "
+        "of each class drawn as the test split"
+    )
+    assert lines[1] == "data: 2 classes (a 7, b 7); labeled pool 14, test 6, unlabeled 0"
+    write_image_folder(tmp_path / "many", {f"c{i:02d}": 2 for i in range(12)})
+    many = plan_data(_folder(tmp_path / "many", test_fraction=0.5)).summary()
+    assert "12 classes (c00 1, c01 1, c02 1" in many and "c09 1, 2 more)" in many and "c10" not in many

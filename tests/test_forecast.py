@@ -47,7 +47,8 @@ def test_backtest_scores_held_out_budgets():
     assert sorted(scores.n_labels) == [200, 500]
     assert (scores.abs_error < 0.03).all()
     assert scores.label_ratio.between(0.5, 2).all()
-    assert scores.covered.dtype == bool
+    # 80% intervals on a curve of its own family and little noise cover most held-out budgets
+    assert scores.covered.mean() >= 0.5
 
 
 def test_backtest_needs_budgets_above_and_below_the_cut():

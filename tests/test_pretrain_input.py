@@ -8,7 +8,7 @@ import ray
 
 from cluster.config import DataConfig, PretrainConfig
 from pretrain.data import load_data, plan_data
-from pretrain.train import LOCAL_MAX_IMAGES, TooManyBadImages, input_mode, pretrain
+from pretrain.train import LOCAL_MAX_IMAGES, TooManyBadImages, effective_batch_size, input_mode, pretrain, scaled_lr
 from tests.conftest import write_image_folder
 
 
@@ -20,6 +20,13 @@ def test_auto_reads_small_pools_locally_and_streams_large_ones():
     assert input_mode({**settings, "use_gpu": True}, 100, 3 * 32 * 32) == "stream"  # GPUs wait for no one
     assert input_mode({**settings, "input": "stream"}, 10) == "stream"
     assert input_mode({**settings, "input": "local"}, 10**6) == "local"
+
+
+def test_learning_rate_follows_the_global_batch_that_training_sees():
+    assert scaled_lr(0.004, 32, 2) == pytest.approx(0.001)  # 64 images per step: a quarter of 256
+    batch = effective_batch_size(128, 2, 100)  # 100 images cannot fill 2 x 128: 50 per worker
+    assert batch == 50
+    assert scaled_lr(0.004, batch, 2) == pytest.approx(0.004 * 100 / 256)
 
 
 @pytest.mark.slow

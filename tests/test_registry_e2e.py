@@ -56,10 +56,10 @@ def test_register_pull_transfer(labelcurve, tmp_path):
     assert source.returncode == 0, source.stderr[-3000:]
     assert "registered models:/digits04/1" in source.stdout
 
-    listing = labelcurve("models")
+    listing = labelcurve("model", "list")
     assert listing.returncode == 0 and "digits04" in listing.stdout and "small_cnn" in listing.stdout
 
-    pulled = labelcurve("pull", "digits04@latest", "-o", "pulled")
+    pulled = labelcurve("model", "pull", "digits04@latest", "-o", "pulled")
     assert pulled.returncode == 0, pulled.stderr
     assert {p.name for p in (tmp_path / "pulled").iterdir()} == {"model.safetensors", "card.json"}
 
@@ -84,7 +84,7 @@ def test_register_pull_transfer(labelcurve, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert torch.equal(load_file(str(out))["features"], expected)
 
-    aliased = labelcurve("alias", "digits04/1", "champion")
+    aliased = labelcurve("model", "alias", "digits04/1", "champion")
     assert aliased.returncode == 0 and "models:/digits04@champion -> version 1" in aliased.stdout
 
     # Transfer to other classes: no pretraining, the transfer arms' runs and curve land in MLflow.
@@ -121,17 +121,17 @@ def test_register_pull_transfer(labelcurve, tmp_path):
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert refused.stderr.strip().startswith("Error: ") and fragment in refused.stderr
 
-    missing = labelcurve("pull", "nope", "-o", "x")
+    missing = labelcurve("model", "pull", "nope", "-o", "x")
     assert missing.returncode == 2 and "no registered model 'nope'" in missing.stderr
     assert not (tmp_path / "x").exists()  # nothing created for a model that does not exist
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    busy = labelcurve("pull", "digits04@latest", "-o", "mine")
+    busy = labelcurve("model", "pull", "digits04@latest", "-o", "mine")
     assert busy.returncode == 2 and "'mine' is not empty" in busy.stderr and "--force" in busy.stderr
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
-    forced = labelcurve("pull", "digits04@latest", "-o", "mine", "--force")
+    forced = labelcurve("model", "pull", "digits04@latest", "-o", "mine", "--force")
     assert forced.returncode == 0, forced.stderr
     assert {p.name for p in (tmp_path / "mine").iterdir()} == {"notes.txt", "model.safetensors", "card.json"}
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-    offline = labelcurve("models", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    offline = labelcurve("model", "list", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert offline.returncode == 2 and "is not reachable" in offline.stderr

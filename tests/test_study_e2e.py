@@ -80,8 +80,10 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert [m.step for m in losses] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(pre.info.run_id, "backbone")}
     assert {"backbone/model.safetensors", "backbone/card.json"} <= artifacts
-    assert 0.1 < pre.data.metrics["knn_accuracy"] <= 1.0
-    assert 0.0 < pre.data.metrics["knn_accuracy_random_init"] <= 1.0
+    # 10 classes: a collapsed embedding votes by class frequency (about 0.1)
+    assert 0.5 < pre.data.metrics["knn_accuracy"] <= 1.0
+    assert 0.5 < pre.data.metrics["knn_accuracy_random_init"] <= 1.0
+    assert pre.data.metrics["knn_accuracy"] != pre.data.metrics["knn_accuracy_random_init"]  # not the init
     # the online kNN on a labeled slice of the pool: random init at step 0, then every epoch
     assert [m.step for m in client.get_metric_history(pre.info.run_id, "knn/accuracy")] == [0, 1, 2]
     png = Path(client.download_artifacts(pre.info.run_id, "pretraining.png", str(tmp_path))).read_bytes()

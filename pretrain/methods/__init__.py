@@ -1,18 +1,12 @@
 """Self-supervised methods, one file each on the thin base in :mod:`pretrain.methods.base`.
 
-A method's options are the keyword-only arguments of its ``__init__``: :func:`options_schema`
-turns them into a typed pydantic model, so ``pretrain.options`` is checked (names, types) with
-no second list of defaults to keep in sync.
+A method's options are a typed model in :mod:`pretrain.method_options` (``Method.Options``),
+the one place that states their names, defaults and domains.
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
-from functools import cache
-
-from pydantic import BaseModel, ConfigDict, create_model
-
+from pretrain.method_options import MethodOptions
 from pretrain.methods.barlow_twins import BarlowTwins
 from pretrain.methods.base import SSLMethod
 from pretrain.methods.byol import BYOL
@@ -39,22 +33,10 @@ METHODS: dict[str, type[SSLMethod]] = {
 }
 
 
-@cache
-def options_schema(name: str) -> type[BaseModel]:
-    """The typed options of method ``name``: its keyword-only ``__init__`` arguments."""
-    cls = METHODS[name]
-    hints = typing.get_type_hints(cls.__init__)
-    fields = {
-        p.name: (hints[p.name], p.default)
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def build_method(name: str, backbone, options: dict, **base) -> SSLMethod:
-    """Method ``name`` around ``backbone``; ``base`` are :class:`SSLMethod`'s training settings."""
-    return METHODS[name](backbone, **options_schema(name)(**options).model_dump(), **base)
+def build_method(name: str, backbone, options: MethodOptions | None = None, **base) -> SSLMethod:
+    """Method ``name`` around ``backbone`` (``options``: its defaults when None); ``base`` are
+    :class:`SSLMethod`'s training settings."""
+    return METHODS[name](backbone, options, **base)
 
 
 __all__ = [
@@ -71,5 +53,4 @@ __all__ = [
     "SwAV",
     "VICReg",
     "build_method",
-    "options_schema",
 ]

@@ -6,6 +6,7 @@ import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
+from pretrain.method_options import BarlowTwinsOptions
 from pretrain.methods.base import SSLMethod
 
 
@@ -15,16 +16,19 @@ class BarlowTwins(SSLMethod):
     With ``gather_distributed`` the cross-correlation is computed over the global batch.
     Example::
 
-        method = BarlowTwins(resnet(18, cifar_stem=True), projection_dim=2048)
+        method = BarlowTwins(resnet(18, cifar_stem=True), BarlowTwinsOptions(projection_dim=2048))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self, backbone, *, hidden_dim: int = 2048, projection_dim: int = 2048, lambda_param: float = 5e-3, **base
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.projection_head = BarlowTwinsProjectionHead(backbone.feature_dim, hidden_dim, projection_dim)
-        self.criterion = BarlowTwinsLoss(lambda_param=lambda_param, gather_distributed=self.gather_distributed)
+    Options = BarlowTwinsOptions
+
+    def __init__(self, backbone, options: BarlowTwinsOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.projection_head = BarlowTwinsProjectionHead(
+            backbone.feature_dim, options.hidden_dim, options.projection_dim
+        )
+        self.criterion = BarlowTwinsLoss(lambda_param=options.lambda_param, gather_distributed=self.gather_distributed)
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         z0, z1 = (self.projection_head(self.backbone(v)) for v in views)

@@ -3,34 +3,36 @@
 A method subclasses :class:`SSLMethod` and only says what is different: its heads, its
 ``loss(views)`` and, where it is not two SimCLR views, its ``transform``. Everything else
 (optimizers incl. LARS, warmup + cosine schedule, the momentum schedule of teacher networks,
-logging) lives here once. A method's keyword-only ``__init__`` arguments are its config
-options (``pretrain.options``), typed and checked by :func:`pretrain.methods.options_schema`.
+logging) lives here once. A method's options (``pretrain.options.<method>``) are a typed model
+in :mod:`pretrain.method_options`, which the config checks without importing torch.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+from typing import ClassVar
 
 import pytorch_lightning as pl
 import torch
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from lightly.utils.lars import LARS
-from lightly.utils.scheduler import cosine_schedule
+from lightly.utils.scheduler import CosineWarmupScheduler, cosine_schedule
 from torch import nn
 
+from pretrain.method_options import MethodOptions
 from pretrain.views import ViewSettings, simclr_views
 
 
 class SSLMethod(pl.LightningModule):
     """Base LightningModule for self-supervised pretraining on batches of views."""
 
-    #: backbone families the method works with (None: any); MAE needs a ViT
-    families: tuple[str, ...] | None = None
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(
         self,
         backbone: nn.Module,
+        options: MethodOptions | None = None,
+        *,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         optimizer: str = "adamw",
@@ -40,6 +42,7 @@ class SSLMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.options = options if options is not None else self.Options()
         self.lr, self.weight_decay, self.optimizer_name = lr, weight_decay, optimizer
         self.warmup_epochs, self.max_epochs = warmup_epochs, max_epochs
         self.gather_distributed = gather_distributed
@@ -47,7 +50,7 @@ class SSLMethod(pl.LightningModule):
         self._teachers: list[tuple[nn.Module, nn.Module]] = []
 
     @classmethod
-    def transform(cls, views: ViewSettings, **options):
+    def transform(cls, views: ViewSettings, options: MethodOptions | None = None):
         """The lightly transform that makes the views of one image; two SimCLR views by default."""
         return simclr_views(views)
 
@@ -76,23 +79,42 @@ class SSLMethod(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer, schedule = self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
+        return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+
+    def optimizer_and_schedule(self, total_steps: int):
+        """The optimizer over the trainable parameters (never a frozen teacher's), without weight
+        decay on biases, norm layers and ViT tokens, and lightly's linear warm-up + cosine decay per
+        step, warm-up rounded to whole steps (a fractional one would overshoot the peak)."""
+        groups = parameter_groups(self, self.weight_decay)
         if self.optimizer_name == "lars":
-            # You et al., 2017: no weight decay and no layer-wise scaling for biases and norms
-            decay, no_decay = get_weight_decay_parameters([self])
-            groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-            opt = LARS(groups, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            # You et al., 2017; lightly's LARS skips the trust ratio where a group has no decay
+            optimizer = LARS(groups, lr=self.lr, momentum=0.9)
         elif self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(trainable, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
         else:
-            opt = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
-        steps = self.trainer.estimated_stepping_batches
-        warmup = steps * self.warmup_epochs / max(self.max_epochs, 1)
+            optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        total_steps = max(total_steps, 1)
+        warmup = min(round(total_steps * self.warmup_epochs / max(self.max_epochs, 1)), total_steps)
+        return optimizer, CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=total_steps)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
 
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return [opt], [{"scheduler": schedule, "interval": "step"}]
+#: parameters that no reference recipe decays: ViT position embeddings and tokens (as timm's
+#: ``no_weight_decay``), beside the biases and norm layers that lightly leaves out
+NO_DECAY_NAMES = ("pos_embedding", "class_token", "mask_token")
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters of ``module`` in a decayed and an undecayed group. Example::
+
+    groups = parameter_groups(method, 1e-4)
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    """
+    _, no_decay = get_weight_decay_parameters([module])
+    tokens = {id(p) for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] in NO_DECAY_NAMES}
+    no_decay_ids = {id(p) for p in no_decay} | tokens
+    trainable = [p for p in module.parameters() if p.requires_grad]  # unique, in registration order
+    return [
+        {"params": [p for p in trainable if id(p) not in no_decay_ids], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) in no_decay_ids], "weight_decay": 0.0},
+    ]

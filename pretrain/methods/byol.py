@@ -7,6 +7,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
+from pretrain.method_options import BYOLOptions
 from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
@@ -21,19 +22,20 @@ class BYOL(SSLMethod):
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self, backbone, *, hidden_dim: int = 1024, projection_dim: int = 256, momentum: float = 0.99, **base
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.ema = (momentum, 1.0)
-        self.projection_head = BYOLProjectionHead(backbone.feature_dim, hidden_dim, projection_dim)
-        self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)
+    Options = BYOLOptions
+
+    def __init__(self, backbone, options: BYOLOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.ema = (options.momentum, 1.0)
+        self.projection_head = BYOLProjectionHead(backbone.feature_dim, options.hidden_dim, options.projection_dim)
+        self.prediction_head = BYOLPredictionHead(options.projection_dim, options.hidden_dim, options.projection_dim)
         self.backbone_momentum = self.follow(self.backbone)
         self.projection_head_momentum = self.follow(self.projection_head)
         self.criterion = NegativeCosineSimilarity()
 
     @classmethod
-    def transform(cls, views: ViewSettings, **options) -> BYOLTransform:
+    def transform(cls, views: ViewSettings, options: BYOLOptions | None = None) -> BYOLTransform:
         size, scale = views.image_size, views.min_scale
         return BYOLTransform(
             view_1_transform=BYOLView1Transform(

@@ -7,6 +7,7 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.transforms import DINOTransform
 
+from pretrain.method_options import DINOOptions
 from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
@@ -18,28 +19,25 @@ class DINO(SSLMethod):
     crops at half the size); the last head layer is frozen for the first epoch, as in the paper.
     Example::
 
-        method = DINO(resnet(18, cifar_stem=True), output_dim=2048)
+        method = DINO(resnet(18, cifar_stem=True), DINOOptions(output_dim=2048))
         loss = method.loss([global_a, global_b, *local_crops])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        output_dim: int = 2048,
-        n_local_views: int = 6,
-        warmup_teacher_temp_epochs: int = 30,
-        momentum: float = 0.996,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.ema = (momentum, 1.0)
+    Options = DINOOptions
+
+    def __init__(self, backbone, options: DINOOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.ema = (options.momentum, 1.0)
 
         def head(freeze_last_layer: int = -1) -> DINOProjectionHead:
             return DINOProjectionHead(
-                backbone.feature_dim, hidden_dim, bottleneck_dim, output_dim, True, freeze_last_layer
+                backbone.feature_dim,
+                options.hidden_dim,
+                options.bottleneck_dim,
+                options.output_dim,
+                True,
+                freeze_last_layer,
             )
 
         self.student_head = head(freeze_last_layer=1)
@@ -47,11 +45,13 @@ class DINO(SSLMethod):
         self.teacher_head = self.follow(self.student_head, head())  # weight norm cannot be deep-copied
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         self.criterion = DINOLoss(
-            output_dim=output_dim, warmup_teacher_temp_epochs=min(warmup_teacher_temp_epochs, self.max_epochs)
+            output_dim=options.output_dim,
+            warmup_teacher_temp_epochs=min(options.warmup_teacher_temp_epochs, self.max_epochs),
         )
 
     @classmethod
-    def transform(cls, views: ViewSettings, *, n_local_views: int = 6, **options) -> DINOTransform:
+    def transform(cls, views: ViewSettings, options: DINOOptions | None = None) -> DINOTransform:
+        options = options or cls.Options()
         common = views.common()
         size, scale = views.image_size, views.min_scale
         return DINOTransform(
@@ -59,7 +59,7 @@ class DINO(SSLMethod):
             global_crop_scale=(scale, 1.0),
             local_crop_size=max(size // 2, 4),
             local_crop_scale=(min(0.05, scale), scale),
-            n_local_views=n_local_views,
+            n_local_views=options.n_local_views,
             gaussian_blur=(2 * views.blur, views.blur / 5, views.blur),
             solarization_prob=views.solarize,
             **common,

@@ -8,6 +8,7 @@ from lightly.models.modules import MAEDecoder
 from lightly.transforms import MAETransform
 from torch import nn
 
+from pretrain.method_options import MAEOptions
 from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
@@ -22,36 +23,28 @@ class MAE(SSLMethod):
         loss = method.loss([images])
     """
 
-    families = ("vit",)
+    Options = MAEOptions
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        mask_ratio: float = 0.75,
-        decoder_dim: int = 256,
-        decoder_layers: int = 4,
-        decoder_heads: int = 8,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.mask_ratio, self.patch_size = mask_ratio, backbone.patch_size
+    def __init__(self, backbone, options: MAEOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.mask_ratio, self.patch_size = options.mask_ratio, backbone.patch_size
         self.sequence_length = backbone.sequence_length
         in_channels = backbone.encoder.vit.conv_proj.in_channels
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, options.decoder_dim))
         self.decoder = MAEDecoder(
             seq_length=self.sequence_length,
-            num_layers=decoder_layers,
-            num_heads=decoder_heads,
+            num_layers=options.decoder_layers,
+            num_heads=options.decoder_heads,
             embed_input_dim=backbone.feature_dim,
-            hidden_dim=decoder_dim,
-            mlp_dim=decoder_dim * 4,
+            hidden_dim=options.decoder_dim,
+            mlp_dim=options.decoder_dim * 4,
             out_dim=self.patch_size**2 * in_channels,
         )
         self.criterion = nn.MSELoss()
 
     @classmethod
-    def transform(cls, views: ViewSettings, **options) -> MAETransform:
+    def transform(cls, views: ViewSettings, options: MAEOptions | None = None) -> MAETransform:
         return MAETransform(
             input_size=views.image_size, min_scale=views.min_scale, normalize=views.common()["normalize"]
         )

@@ -6,6 +6,7 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 
+from pretrain.method_options import MoCoV2Options
 from pretrain.methods.base import SSLMethod
 
 
@@ -16,29 +17,23 @@ class MoCoV2(SSLMethod):
     size; with ``gather_distributed`` every worker's keys enter the bank. The loss is symmetrized
     over the two views, as in lightly's CIFAR-10 benchmark. Example::
 
-        method = MoCoV2(resnet(18, cifar_stem=True), memory_bank_size=4096)
+        method = MoCoV2(resnet(18, cifar_stem=True), MoCoV2Options(memory_bank_size=4096))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        temperature: float = 0.1,
-        projection_dim: int = 128,
-        memory_bank_size: int = 4096,
-        momentum: float = 0.99,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.ema = (momentum, 1.0)
+    Options = MoCoV2Options
+
+    def __init__(self, backbone, options: MoCoV2Options | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.ema = (options.momentum, 1.0)
         dim = backbone.feature_dim
-        self.projection_head = MoCoProjectionHead(dim, dim, projection_dim)
+        self.projection_head = MoCoProjectionHead(dim, dim, options.projection_dim)
         self.backbone_momentum = self.follow(self.backbone)
         self.projection_head_momentum = self.follow(self.projection_head)
         self.criterion = NTXentLoss(
-            temperature=temperature,
-            memory_bank_size=(memory_bank_size, projection_dim),
+            temperature=options.temperature,
+            memory_bank_size=(options.memory_bank_size, options.projection_dim),
             gather_distributed=self.gather_distributed,
         )
 

@@ -8,6 +8,7 @@ from lightly.models.modules import MoCoProjectionHead
 from lightly.models.modules.heads import ProjectionHead
 from lightly.utils.dist import gather, rank
 
+from pretrain.method_options import MoCoV3Options
 from pretrain.methods.base import SSLMethod
 
 
@@ -17,33 +18,29 @@ class MoCoV3(SSLMethod):
     No memory bank: each query is contrasted against the momentum keys of every worker's batch
     (InfoNCE scaled by ``2 * temperature``), symmetrized over the two views. Example::
 
-        method = MoCoV3(vit_small_backbone, temperature=0.2)
+        method = MoCoV3(vit_small_backbone, MoCoV3Options(temperature=0.2))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        temperature: float = 0.2,
-        hidden_dim: int = 2048,
-        projection_dim: int = 256,
-        momentum: float = 0.99,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.ema = (momentum, 1.0)
+    Options = MoCoV3Options
+
+    def __init__(self, backbone, options: MoCoV3Options | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.ema = (options.momentum, 1.0)
         dim = backbone.feature_dim
-        self.projection_head = MoCoProjectionHead(dim, hidden_dim, projection_dim, num_layers=3, batch_norm=True)
+        self.projection_head = MoCoProjectionHead(
+            dim, options.hidden_dim, options.projection_dim, num_layers=3, batch_norm=True
+        )
         self.prediction_head = ProjectionHead(
             [
-                (projection_dim, hidden_dim, torch.nn.BatchNorm1d(hidden_dim), torch.nn.ReLU()),
-                (hidden_dim, projection_dim, None, None),
+                (options.projection_dim, options.hidden_dim, torch.nn.BatchNorm1d(options.hidden_dim), torch.nn.ReLU()),
+                (options.hidden_dim, options.projection_dim, None, None),
             ]
         )
         self.backbone_momentum = self.follow(self.backbone)
         self.projection_head_momentum = self.follow(self.projection_head)
-        self.temperature = temperature
+        self.temperature = options.temperature
 
     def _contrast(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         query, key = F.normalize(query, dim=1), F.normalize(key, dim=1)

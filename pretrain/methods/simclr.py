@@ -6,6 +6,7 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
+from pretrain.method_options import SimCLROptions
 from pretrain.methods.base import SSLMethod
 
 
@@ -15,15 +16,18 @@ class SimCLR(SSLMethod):
     Negatives are gathered across Ray Train workers (``gather_distributed``), so the loss sees
     the global batch, as in the paper. Example::
 
-        method = SimCLR(resnet(18, cifar_stem=True), temperature=0.5)
+        method = SimCLR(resnet(18, cifar_stem=True), SimCLROptions(temperature=0.5))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(self, backbone, *, temperature: float = 0.5, projection_dim: int = 128, **base) -> None:
-        super().__init__(backbone, **base)
+    Options = SimCLROptions
+
+    def __init__(self, backbone, options: SimCLROptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
         dim = backbone.feature_dim
-        self.projection_head = SimCLRProjectionHead(dim, dim, projection_dim)
-        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=self.gather_distributed)
+        self.projection_head = SimCLRProjectionHead(dim, dim, options.projection_dim)
+        self.criterion = NTXentLoss(temperature=options.temperature, gather_distributed=self.gather_distributed)
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         z0, z1 = (self.projection_head(self.backbone(v)) for v in views)

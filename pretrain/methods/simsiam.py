@@ -6,6 +6,7 @@ import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 
+from pretrain.method_options import SimSiamOptions
 from pretrain.methods.base import SSLMethod
 
 
@@ -14,17 +15,20 @@ class SimSiam(SSLMethod):
 
     Example::
 
-        method = SimSiam(resnet(18, cifar_stem=True), projection_dim=2048)
+        method = SimSiam(resnet(18, cifar_stem=True), SimSiamOptions(projection_dim=2048))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self, backbone, *, hidden_dim: int = 2048, projection_dim: int = 2048, prediction_dim: int = 512, **base
-    ) -> None:
-        super().__init__(backbone, **base)
+    Options = SimSiamOptions
+
+    def __init__(self, backbone, options: SimSiamOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
         dim = backbone.feature_dim
-        self.projection_head = SimSiamProjectionHead(dim, hidden_dim, projection_dim)
-        self.prediction_head = SimSiamPredictionHead(projection_dim, prediction_dim, projection_dim)
+        self.projection_head = SimSiamProjectionHead(dim, options.hidden_dim, options.projection_dim)
+        self.prediction_head = SimSiamPredictionHead(
+            options.projection_dim, options.prediction_dim, options.projection_dim
+        )
         self.criterion = NegativeCosineSimilarity()
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 from lightly.transforms import SwaVTransform
 
+from pretrain.method_options import SwAVOptions
 from pretrain.methods.base import SSLMethod
 from pretrain.views import ViewSettings
 
@@ -19,34 +20,28 @@ class SwAV(SSLMethod):
     the global batch with ``gather_distributed``; the prototypes stay fixed for the first
     ``freeze_prototypes_steps`` steps, as in the paper. Example::
 
-        method = SwAV(resnet(18, cifar_stem=True), n_prototypes=512)
+        method = SwAV(resnet(18, cifar_stem=True), SwAVOptions(n_prototypes=512))
         loss = method.loss([crop_a, crop_b, *small_crops])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        projection_dim: int = 128,
-        n_prototypes: int = 512,
-        n_local_views: int = 4,
-        temperature: float = 0.1,
-        freeze_prototypes_steps: int = 300,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
+    Options = SwAVOptions
+
+    def __init__(self, backbone, options: SwAVOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
         dim = backbone.feature_dim
-        self.projection_head = SwaVProjectionHead(dim, dim, projection_dim)
-        self.prototypes = SwaVPrototypes(projection_dim, n_prototypes)
-        self.freeze_prototypes_steps = freeze_prototypes_steps
-        self.criterion = SwaVLoss(temperature=temperature, sinkhorn_gather_distributed=self.gather_distributed)
+        self.projection_head = SwaVProjectionHead(dim, dim, options.projection_dim)
+        self.prototypes = SwaVPrototypes(options.projection_dim, options.n_prototypes)
+        self.freeze_prototypes_steps = options.freeze_prototypes_steps
+        self.criterion = SwaVLoss(temperature=options.temperature, sinkhorn_gather_distributed=self.gather_distributed)
 
     @classmethod
-    def transform(cls, views: ViewSettings, *, n_local_views: int = 4, **options) -> SwaVTransform:
+    def transform(cls, views: ViewSettings, options: SwAVOptions | None = None) -> SwaVTransform:
+        options = options or cls.Options()
         size, scale = views.image_size, views.min_scale
         return SwaVTransform(
             crop_sizes=(size, max(size // 2, 4)),
-            crop_counts=(2, n_local_views),
+            crop_counts=(2, options.n_local_views),
             crop_min_scales=(scale, min(0.05, scale)),
             crop_max_scales=(1.0, scale),
             gaussian_blur=views.blur,

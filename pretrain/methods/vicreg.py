@@ -6,6 +6,7 @@ import torch
 from lightly.loss import VICRegLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
+from pretrain.method_options import VICRegOptions
 from pretrain.methods.base import SSLMethod
 
 
@@ -14,25 +15,23 @@ class VICReg(SSLMethod):
 
     The expander is the paper's three-layer MLP. Example::
 
-        method = VICReg(resnet(18, cifar_stem=True), projection_dim=2048)
+        method = VICReg(resnet(18, cifar_stem=True), VICRegOptions(projection_dim=2048))
         loss = method.loss([view_a, view_b])
     """
 
-    def __init__(
-        self,
-        backbone,
-        *,
-        hidden_dim: int = 2048,
-        projection_dim: int = 2048,
-        lambda_param: float = 25.0,
-        mu_param: float = 25.0,
-        nu_param: float = 1.0,
-        **base,
-    ) -> None:
-        super().__init__(backbone, **base)
-        self.projection_head = BarlowTwinsProjectionHead(backbone.feature_dim, hidden_dim, projection_dim)
+    Options = VICRegOptions
+
+    def __init__(self, backbone, options: VICRegOptions | None = None, **base) -> None:
+        super().__init__(backbone, options, **base)
+        options = self.options
+        self.projection_head = BarlowTwinsProjectionHead(
+            backbone.feature_dim, options.hidden_dim, options.projection_dim
+        )
         self.criterion = VICRegLoss(
-            lambda_param=lambda_param, mu_param=mu_param, nu_param=nu_param, gather_distributed=self.gather_distributed
+            lambda_param=options.lambda_param,
+            mu_param=options.mu_param,
+            nu_param=options.nu_param,
+            gather_distributed=self.gather_distributed,
         )
 
     def loss(self, views: list[torch.Tensor]) -> torch.Tensor:

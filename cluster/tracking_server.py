@@ -1,0 +1,44 @@
+"""Where the tracking store is and whether it answers: importable without MLflow, so that a
+wrong ``MLFLOW_TRACKING_URI`` is reported before anything heavy is loaded."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from pretrain.errors import LabelcurveError
+
+
+class TrackingError(LabelcurveError, RuntimeError):
+    """The tracking store cannot be used, phrased as one line for the user."""
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in the working directory (absolute,
+    so that Ray workers with another working directory write to the same file)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def redacted(uri: str) -> str:
+    """``uri`` with any user and password replaced by ``***``, fit for a log line."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before compute, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingError(
+            f"MLflow tracking server {redacted(uri)} is not reachable ({reason}): start it or unset MLFLOW_TRACKING_URI"
+        ) from None
