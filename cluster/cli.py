@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 
 import click
@@ -11,7 +12,7 @@ from cluster.config import load_config
 from cluster.console import make_console
 from cluster.prepare import prepare_study
 from cluster.ray_runtime import use_token_if_available
-from cluster.tracking_server import TrackingError, check_tracking_server, redacted, tracking_uri
+from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
 from pretrain.errors import LabelcurveError
 
 
@@ -173,15 +174,47 @@ def stop(job_id: str, address: str) -> None:
     click.echo(f"{job_id}: {'stop requested' if stopped else 'not running'}")
 
 
-@main.command()
-@click.option(
+HOST = click.option(
     "--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep loopback unless you mean it."
 )
+EXPOSE = click.option(
+    "--expose",
+    is_flag=True,
+    help="Allow a non-loopback --host: serve with MLflow's basic authentication (admin password from "
+    "MLFLOW_AUTH_ADMIN_PASSWORD, everyone else read-only).",
+)
+
+
+def _exposure(host: str, port: int, expose: bool, what: str) -> list[str]:
+    """MLflow's extra arguments for binding ``host``: none on loopback; elsewhere only with
+    ``--expose``, then behind basic authentication, and said out loud."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return []
+    if not expose:
+        raise UserError(
+            f"--host {host} lets anyone who can reach this machine read and write {what}: "
+            "add --expose to serve it with MLflow's basic authentication, or keep --host 127.0.0.1"
+        )
+    if not (os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or os.environ.get("MLFLOW_AUTH_CONFIG_PATH")):
+        raise UserError("--expose needs an admin password: set MLFLOW_AUTH_ADMIN_PASSWORD (or MLFLOW_AUTH_CONFIG_PATH)")
+    # MLflow's auth app signs its CSRF tokens with this key; one per server process, shared by its workers
+    os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    click.echo(
+        f"exposing {what} on http://{host}:{port} to every host that can reach it, with basic authentication: "
+        "user 'admin' (MLFLOW_AUTH_ADMIN_PASSWORD) may write, other users read (MLflow's default permission)"
+    )
+    return ["--app-name", "basic-auth"]
+
+
+@main.command()
+@HOST
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--backend-store-uri", default="sqlite:///mlflow-server.db", show_default=True, help="SQL store of runs.")
 @click.option("--artifacts-destination", default="./mlartifacts", show_default=True, help="Where artifacts are kept.")
-def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str) -> None:
+@EXPOSE
+def server(host: str, port: int, backend_store_uri: str, artifacts_destination: str, expose: bool) -> None:
     """A shared MLflow tracking server: SQL backend, proxied artifacts, loopback by default."""
+    auth = _exposure(host, port, expose, f"the runs and models of {backend_store_uri}")
     click.echo(f"MLflow tracking server on http://{host}:{port}; point studies at it with")
     click.echo(f"  export MLFLOW_TRACKING_URI=http://{host}:{port}")
     _exec_mlflow(
@@ -194,6 +227,7 @@ def server(host: str, port: int, backend_store_uri: str, artifacts_destination: 
         host,
         "--port",
         str(port),
+        *auth,
     )
 
 
@@ -357,18 +391,25 @@ def alias(model: str, alias: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Interface to bind; keep loopback unless you mean it."
-)
+@HOST
 @click.option("--port", default=5000, show_default=True, type=int)
-def ui(host: str, port: int) -> None:
-    """Open the MLflow UI on the study store (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+@EXPOSE
+def ui(host: str, port: int, expose: bool) -> None:
+    """Open the MLflow UI on the study store (MLFLOW_TRACKING_URI or ./mlflow.db); prints each
+    study's runs table."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         click.echo(f"The tracking server already serves the UI: open {uri}")
         return
-    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl+C to stop)")
-    _exec_mlflow("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port))
+    auth = _exposure(host, port, expose, f"the runs and models of {uri}")
+    from mlflow import MlflowClient
+
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    click.echo(f"MLflow UI for {uri} on {base} (Ctrl+C to stop)")
+    for experiment in MlflowClient(uri).search_experiments():
+        if experiment.name != "Default":
+            click.echo(f"  study {experiment.name}: {runs_url(base, experiment.experiment_id)}")
+    _exec_mlflow("ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), *auth)
 
 
 def _exec_mlflow(*args: str) -> None:

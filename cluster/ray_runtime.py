@@ -63,7 +63,10 @@ def connect(address: str | None) -> None:
         # Ray Data's decode and augment tasks would then re-import torch every epoch.
         starts_one = not address and not os.environ.get("RAY_ADDRESS")  # a job's driver joins its cluster
         local = {"_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4}} if starts_one else {}
-        ray.init(address=address, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS, **local)
+        # "local": a new instance of our own, never another one running on this machine (ray.init()
+        # without an address would join the latest `ray start` cluster it finds)
+        target = "local" if starts_one else address
+        ray.init(address=target, logging_level=logging.ERROR, runtime_env=_QUIET_WORKERS, **local)
     except AuthenticationError:
         raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:

@@ -6,12 +6,15 @@ or any image is decoded; :func:`run_study` then spends the compute.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,9 +28,9 @@ from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
 from cluster.registry import default_model_name, register, use_store
-from cluster.tracking import FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, TrackingUnreachable
+from cluster.tracking import BUDGET, FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, TrackingUnreachable
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
-from finetune.budgets import check_budgets
+from finetune.budgets import check_budgets, labels_per_class, subset_indices
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
 from finetune.report_html import report_html
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
@@ -104,14 +107,19 @@ def _test_knn(backbone, data: StudyData, embeddings: StudyEmbeddings, name: str)
     return knn_accuracy(pool, data.labels(POOL), test, data.labels(TEST))
 
 
-def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console) -> dict:
+def _pretrained_backbone(
+    cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console
+) -> tuple[dict, dict[str, str]]:
     """The backbone weights: from a FINISHED pretraining run of this study, else trained now,
-    saved as safetensors with its card, and registered as a new model version."""
+    saved as safetensors with its card, and registered as a new model version; and the tags
+    naming that run and version, for the labeled runs that start from it."""
     previous = tracker.children(parent, PRETRAIN).get(PRETRAIN)
     if previous is not None and previous.info.status == FINISHED:
         console.print(f"pretraining: reusing finished run {previous.info.run_id}")
         state, _ = read_backbone(fetch(f"runs:/{previous.info.run_id}"))
-        return state
+        versions = tracker.client.search_model_versions(f"run_id = '{previous.info.run_id}'")
+        model = f"models:/{versions[0].name}/{versions[0].version}" if versions else None
+        return state, _start_tags(previous.info.run_id, model)
     params = {f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()}
     run_id = tracker.start_child(parent, PRETRAIN, PRETRAIN, f"pretrain-{cfg.pretrain.method}", params, previous)
     p = cfg.pretrain
@@ -140,11 +148,11 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, embeddin
     random_init = _test_knn(initial, data, embeddings, "random-init")
     metrics = {
         "pretrain_seconds": result.seconds,
-        "knn_accuracy": card.knn_accuracy,
-        "knn_accuracy_random_init": random_init,
+        "test_knn_accuracy": card.knn_accuracy,
+        "test_knn_accuracy_random_init": random_init,
     }
     if result.images_per_second:
-        metrics["images_per_second"] = result.images_per_second
+        metrics["throughput/images_per_second"] = result.images_per_second
     metrics["unreadable_images"] = result.bad_images
     tracker.log_metrics(run_id, metrics)
     tracker.client.set_tag(run_id, "labelcurve.knn_protocol", KNN_PROTOCOL)
@@ -161,22 +169,29 @@ def _pretrained_backbone(cfg, data, tracker: StudyTracker, parent: str, embeddin
         f"(random init {random_init:.3f}); "
         f"registered models:/{model}/{version} (models:/{model}@latest)"
     )
-    return result.backbone_state
+    return result.backbone_state, _start_tags(run_id, f"models:/{model}/{version}")
 
 
-def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> dict:
-    """The starting points the pending runs need; pretrains (or reuses) only if an SSL arm is pending."""
+def _start_tags(run_id: str | None, model: str | None) -> dict[str, str]:
+    """Tags of a labeled run naming what its backbone started from."""
+    tags = {"labelcurve.start_run_id": run_id, "labelcurve.start_model": model}
+    return {key: value for key, value in tags.items() if value}
+
+
+def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> tuple[dict, dict]:
+    """The starting points the pending runs need, and the tags naming where each came from;
+    pretrains (or reuses) only if an SSL arm is pending."""
     arms = [BY_NAME[spec.arm] for spec in todo]
     needed = {arm.start for arm in arms}
     probed = {arm.start for arm in arms if arm.head == LINEAR}
-    starts, options = {}, _options(cfg, data)
+    starts, tags, options = {}, {}, _options(cfg, data)
     embeddings = StudyEmbeddings(tracker, parent, data)
 
     def embed(name: str, mean, std):
         return (lambda backbone: embeddings.features(name, backbone, mean, std)) if name in probed else None
 
     if SSL in needed:
-        state = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console)
+        state, tags[SSL] = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console)
         starts[SSL] = make_start(
             data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, data.mean, data.std)
         )
@@ -184,6 +199,8 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> di
         starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std)
     if TRANSFER in needed:
         state, card = prepared.transfer
+        init = prepared.init or ""
+        tags[TRANSFER] = _start_tags(card.run_id or None, init if init.startswith("models:/") else None)
         starts[TRANSFER] = make_start(
             data, card.backbone, card.options, state, card.mean, card.std, embed(TRANSFER, card.mean, card.std)
         )
@@ -191,15 +208,17 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> di
         console.print(
             f"embeddings: {embeddings.reused} feature sets of the pool and test split read back from the study run"
         )
-    return starts
+    return starts, tags
 
 
 def _recorded(run) -> RunResult:
-    """A finished child run read back from MLflow."""
-    p, m = run.data.params, run.data.metrics
-    budget = p["labels_per_class"]
+    """A finished child run read back from MLflow (runs of the first release kept budget and
+    label count as params)."""
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    budget = t.get(BUDGET, p.get("labels_per_class"))
     spec = RunSpec(p["arm"], budget if budget == "all" else int(budget), int(p["seed"]))
-    return RunResult(spec, int(p["n_labels"]), m["test_accuracy"], m["test_macro_f1"], m["train_seconds"])
+    n_labels = int(m["n_labels"]) if "n_labels" in m else int(p["n_labels"])
+    return RunResult(spec, n_labels, m["test_accuracy"], m["test_macro_f1"], m["train_seconds"])
 
 
 def study_results(tracker: StudyTracker, parent: str) -> tuple[pd.DataFrame, int]:
@@ -209,15 +228,60 @@ def study_results(tracker: StudyTracker, parent: str) -> tuple[pd.DataFrame, int
     return results_frame([_recorded(r) for r in runs], n_classes), n_classes
 
 
-def _log_result(tracker: StudyTracker, parent: str, result: RunResult, reuse) -> None:
-    spec = result.spec
-    params = {"arm": spec.arm, "labels_per_class": spec.budget, "n_labels": result.n_labels, "seed": spec.seed}
-    run_id = tracker.start_child(parent, FINETUNE, spec.key, f"{spec.arm}-{spec.budget}-s{spec.seed}", params, reuse)
-    tracker.log_metrics(
-        run_id,
-        {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "train_seconds": result.train_seconds},
+@dataclass(frozen=True)
+class LabeledRecord:
+    """What each labeled run records beside its result: the subset it trained on (an MLflow
+    dataset input) and the pretraining run and model version its start came from."""
+
+    data: StudyData
+    manifest: str  # the study run's manifest artifact
+    split_seed: int
+    starts: dict[str, dict[str, str]]  # start -> provenance tags
+
+
+def _subset_input(record: LabeledRecord, spec: RunSpec) -> DatasetInput:
+    items = record.data.items(POOL)
+    subset = sorted(items[i] for i in subset_indices(record.data.labels(POOL), spec.budget, spec.seed))
+    source = {"manifest": record.manifest, "split": POOL, "split_seed": record.split_seed, "budget": spec.budget}
+    dataset = Dataset(
+        name=f"labeled {spec.budget}/class, seed {spec.seed}",
+        digest=hashlib.sha256("\n".join(subset).encode()).hexdigest()[:12],
+        source_type="labelcurve-manifest",
+        source=json.dumps({**source, "seed": spec.seed, "images": len(subset)}),
     )
-    tracker.finish(run_id)
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+
+def _log_result(
+    tracker: StudyTracker, parent: str, result: RunResult, reuse, record: LabeledRecord | None = None
+) -> None:
+    """One labeled run with its real start and end; budget and label counts as numbers (metrics)."""
+    spec = result.spec
+    tags = {BUDGET: str(spec.budget)}
+    metrics = {
+        "test_accuracy": result.accuracy,
+        "test_macro_f1": result.macro_f1,
+        "train_seconds": result.train_seconds,
+        "n_labels": result.n_labels,
+    }
+    if record is not None:
+        tags.update(record.starts.get(BY_NAME[spec.arm].start, {}))
+        metrics["labels_per_class"] = labels_per_class(spec.budget, result.n_labels, len(record.data.classes))
+    name = f"{spec.arm}-{spec.budget}-s{spec.seed}"
+    params = {"arm": spec.arm, "seed": spec.seed}
+    run_id = tracker.start_child(parent, FINETUNE, spec.key, name, params, reuse, tags, result.started_at)
+    tracker.log_metrics(run_id, metrics)
+    if record is not None:
+        tracker.client.log_inputs(run_id, datasets=[_subset_input(record, spec)])
+    tracker.finish(run_id, end_time=result.ended_at)
+
+
+def _description(cfg: StudyConfig, table: pd.DataFrame) -> str:
+    """The study run's description in the MLflow UI: what was measured, and the table."""
+    header = f"**{cfg.study}**: test accuracy, mean ± std over seeds {cfg.finetune.seeds}\n\n"
+    rows = ["| labels/class | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    rows += [f"| {budget} | " + " | ".join(str(v) for v in row) + " |" for budget, row in table.iterrows()]
+    return header + "\n".join(rows)
 
 
 def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepared | None = None) -> StudyOutcome:
@@ -262,7 +326,8 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
             console.print(f"sweep: {skipped} of {len(specs)} runs already recorded, skipping them")
         if todo:
             connect(cfg.ray.address)
-            starts = _starts(cfg, data, todo, tracker, parent, prepared, console)
+            starts, start_tags = _starts(cfg, data, todo, tracker, parent, prepared, console)
+            record = LabeledRecord(data, f"runs:/{parent}/manifest.parquet", cfg.data.split_seed, start_tags)
             inputs = SweepInputs.of(data, starts)
             settings = cfg.finetune.model_dump()
             columns = [
@@ -276,12 +341,13 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
                 task = progress.add_task("", total=len(todo))
                 for result in run_sweep(todo, inputs, settings):
                     journal.keep(result)  # on local disk first: a tracking server outage loses no finished run
-                    _log_result(tracker, parent, result, recorded.get(result.spec.key))
+                    _log_result(tracker, parent, result, recorded.get(result.spec.key), record)
                     journal.drop(result.spec.key)
                     progress.update(task, advance=1, description=f"{result.spec.key}: {result.accuracy:.3f}")
         frame, _ = study_results(tracker, parent)
         table = summary_table(frame, cfg.finetune.arms)
-        tracker.log_series(parent, {f"accuracy/{arm}": points for arm, points in curve_points(frame).items()})
+        tracker.log_series(parent, curve_points(frame))
+        tracker.client.set_tag(parent, "mlflow.note.content", _description(cfg, table))
         title = f"{cfg.study}: test accuracy vs labels"
         setup = {"dataset": _dataset_name(cfg), "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone}
         tracker.log_artifacts(

@@ -21,15 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from requests.exceptions import RequestException
 
 from cluster.provenance import source_tags
-from cluster.tracking_server import TrackingError, check_tracking_server, redacted, tracking_uri
+from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
-N_CLASSES, DATA = "labelcurve.n_classes", "labelcurve.data_digest"
+N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 __all__ = ["StudyTracker", "TrackingError", "check_tracking_server", "redacted", "tracking_uri"]
@@ -199,14 +199,35 @@ class StudyTracker:
                 by_key[key] = run
         return by_key
 
-    def start_child(self, parent_id: str, role: str, key: str, name: str, params: dict, reuse=None) -> str:
-        """Create a child run, or reuse an unfinished one so that no key is ever recorded twice."""
+    def start_child(
+        self,
+        parent_id: str,
+        role: str,
+        key: str,
+        name: str,
+        params: dict,
+        reuse=None,
+        tags: dict[str, str] | None = None,
+        start_time: float | None = None,
+    ) -> str:
+        """Create a child run, or reuse an unfinished one so that no key is ever recorded twice.
+        ``start_time`` (unix seconds): when the work began, for runs recorded once it is done."""
         if reuse is not None:
+            if tags:
+                self.client.log_batch(reuse.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             return reuse.info.run_id
         run = self.client.create_run(
             self.experiment_id,
+            start_time=int(start_time * 1000) if start_time else None,
             run_name=name,
-            tags={MLFLOW_PARENT_RUN_ID: parent_id, ROLE: role, RUN_KEY: key, MLFLOW_RUN_NAME: name, **source_tags()},
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_id,
+                ROLE: role,
+                RUN_KEY: key,
+                MLFLOW_RUN_NAME: name,
+                **source_tags(),
+                **(tags or {}),
+            },
         )
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
@@ -215,8 +236,8 @@ class StudyTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def finish(self, run_id: str, status: str = FINISHED) -> None:
-        self.client.set_terminated(run_id, status)
+    def finish(self, run_id: str, status: str = FINISHED, end_time: float | None = None) -> None:
+        self.client.set_terminated(run_id, status, end_time=int(end_time * 1000) if end_time else None)
 
     def log_series(self, run_id: str, series: dict[str, dict[int, float]]) -> None:
         """Metrics by key and step, each (step, value) point logged once however often we are asked."""
@@ -238,7 +259,6 @@ class StudyTracker:
         return Path(self.client.download_artifacts(run_id, name, folder))
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        """The study's runs table. MLflow 3 opens ``#/experiments/ID`` on its GenAI overview
-        (traces, token usage); the runs are under ``/runs`` with the machine-learning workflow."""
-        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
-        return f"{base}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        """The study's runs table: on its tracking server, or where ``labelcurve ui`` serves it."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
+        return runs_url(base, self.experiment_id)

@@ -42,3 +42,9 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(
             f"MLflow tracking server {redacted(uri)} is not reachable ({reason}): start it or unset MLFLOW_TRACKING_URI"
         ) from None
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """A study's runs table in the MLflow UI at ``base``. MLflow 3 opens ``#/experiments/ID`` on its
+    GenAI overview (traces, token usage); the runs are under ``/runs`` with the machine-learning workflow."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

@@ -58,11 +58,18 @@ def results_frame(results: list[RunResult], n_classes: int) -> pd.DataFrame:
 
 
 def curve_points(frame: pd.DataFrame) -> dict[str, dict[int, float]]:
-    """Mean accuracy over seeds per arm, keyed by labels per class (rounded for MLflow steps)."""
-    means = frame.groupby(["arm", "labels_per_class"])["accuracy"].mean()
+    """Accuracy over seeds per arm, keyed by labels per class (rounded for MLflow steps):
+    ``accuracy/<arm>`` (the mean) and ``accuracy_std|min|max/<arm>``, to 4 decimals."""
+    stats = frame.groupby(["arm", "labels_per_class"])["accuracy"].agg(["mean", "std", "min", "max"])
     points: dict[str, dict[int, float]] = {}
-    for (arm, x), value in means.items():
-        points.setdefault(arm, {})[round(x)] = float(value)
+    for (arm, x), row in stats.fillna(0.0).iterrows():
+        for stat, name in (
+            ("mean", "accuracy"),
+            ("std", "accuracy_std"),
+            ("min", "accuracy_min"),
+            ("max", "accuracy_max"),
+        ):
+            points.setdefault(f"{name}/{arm}", {})[round(x)] = round(float(row[stat]), 4)
     return points
 
 

@@ -42,6 +42,8 @@ class RunResult:
     accuracy: float
     macro_f1: float
     train_seconds: float
+    started_at: float = 0.0  # unix seconds: the MLflow run gets the real start and end of the work
+    ended_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
     arm = BY_NAME[spec.arm]
     start = inputs.starts[arm.start]
     index = subset_indices(inputs.pool_y, spec.budget, spec.seed)
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     if arm.head == LINEAR:
         predictions = linear_probe(
             start.pool_features[index], inputs.pool_y[index], start.test_features, settings["linear_c"]
@@ -158,6 +160,8 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
         float(accuracy_score(inputs.test_y, predictions)),
         float(f1_score(inputs.test_y, predictions, average="macro")),
         seconds,
+        started_at,
+        time.time(),
     )
 
 

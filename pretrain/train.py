@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ class _EpochReport(pl.Callback):
     def on_train_start(self, trainer, module) -> None:
         if trainer.global_rank == 0 and trainer.current_epoch == 0 and (accuracy := self._knn(module)) is not None:
             log.info("pretrain epoch 0/%d  kNN %.3f (random init)", trainer.max_epochs, accuracy)
-            self._log({"knn/accuracy": accuracy}, 0)
+            self._log({"online_knn/accuracy": accuracy}, 0)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self.started = time.perf_counter()
@@ -139,7 +140,7 @@ class _EpochReport(pl.Callback):
             log.info("pretrain epoch %d/%d  loss %.4f%s  %.0f img/s", epoch, total, loss, knn, rate)
             self._log({"train/loss": loss, "train/images_per_second": rate, "data/unreadable_images": bad}, epoch)
             if accuracy is not None:
-                self._log({"knn/accuracy": accuracy}, epoch)
+                self._log({"online_knn/accuracy": accuracy}, epoch)
         if len(self.losses) > 1:
             metrics["images_per_second"] = self.steady_images / self.steady_seconds
         metrics["knn"] = list(self.knn_history)
@@ -169,16 +170,18 @@ def _report_checkpoint(trainer: pl.Trainer, module, metrics: dict) -> None:
 
 def _record_placement(rank: int, tracking: dict | None) -> None:
     """Rank 0 tags the pretraining run with the Ray nodes its worker group spans."""
-    nodes = [ray.get_runtime_context().get_node_id()]
+    context = ray.get_runtime_context()  # host and IP to read, the node id's head to tell apart nodes of one host
+    here = f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node {context.get_node_id()[:8]})"
+    nodes = [here]
     if torch.distributed.is_initialized():
         nodes = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+        torch.distributed.all_gather_object(nodes, here)
     if rank == 0 and tracking:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking["uri"])
-        client.set_tag(tracking["run_id"], "labelcurve.worker_nodes", ",".join(sorted(set(nodes))))
-        client.log_metric(tracking["run_id"], "num_nodes", len(set(nodes)))
+        client.set_tag(tracking["run_id"], "labelcurve.worker_nodes", ", ".join(sorted(set(nodes))))
+        client.set_tag(tracking["run_id"], "labelcurve.num_nodes", str(len(set(nodes))))
 
 
 def _quiet_report_echo() -> None:

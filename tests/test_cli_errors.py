@@ -133,3 +133,14 @@ def test_commands_are_grouped_and_old_spellings_point_to_the_new(labelcurve, tmp
     assert old.returncode == 2
     assert old.stderr.splitlines()[0] == "note: `labelcurve models` is now `labelcurve model list`"
     assert old.stderr.splitlines()[1].startswith("Error: MLflow tracking server http://127.0.0.1:9 is not reachable")
+
+
+@pytest.mark.parametrize("command", ["ui", "server"])
+def test_a_non_loopback_host_needs_expose_and_a_password(labelcurve, tmp_path, command):
+    refused = labelcurve(command, "--host", "0.0.0.0")
+    assert refused.returncode == 2
+    assert "--host 0.0.0.0 lets anyone who can reach this machine read and write" in refused.stderr
+    assert "add --expose" in refused.stderr
+    unguarded = labelcurve(command, "--host", "0.0.0.0", "--expose", env={"MLFLOW_AUTH_ADMIN_PASSWORD": ""})
+    assert unguarded.returncode == 2 and "set MLFLOW_AUTH_ADMIN_PASSWORD" in unguarded.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow-server.db").exists()

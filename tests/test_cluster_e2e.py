@@ -89,7 +89,13 @@ def cluster(tmp_path_factory):
         address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
         wait_for(f"{tracking}/health", seconds=240)  # 4 server workers import MLflow beside 2 Ray nodes
         wait_for(f"{address}/api/version")
-        yield {"address": address, "tracking": tracking, "root": root, "env": {**env, "MLFLOW_TRACKING_URI": tracking}}
+        yield {
+            "address": address,
+            "gcs": f"127.0.0.1:{gcs}",
+            "tracking": tracking,
+            "root": root,
+            "env": {**env, "MLFLOW_TRACKING_URI": tracking},
+        }
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -139,8 +145,8 @@ def test_submitted_study_spreads_over_both_nodes_and_lands_in_the_server(cluster
     roles = runs(cluster, "jobs")
     (pre,) = roles["pretrain"]
     assert pre.info.status == "FINISHED"
-    assert pre.data.metrics["num_nodes"] == 2
-    assert len(pre.data.tags["labelcurve.worker_nodes"].split(",")) == 2
+    assert pre.data.tags["labelcurve.num_nodes"] == "2"
+    assert len(pre.data.tags["labelcurve.worker_nodes"].split(", ")) == 2
     assert len(roles["finetune"]) == 3 * 2 and roles["study"][0].info.status == "FINISHED"
     # Artifacts went through the server into its artifact store, none into a worker's temp dir.
     assert pre.info.artifact_uri.startswith("mlflow-artifacts:")
@@ -203,3 +209,18 @@ def test_bad_cluster_addresses_and_tokens_fail_fast(cluster, tmp_path):
     assert "refused the token" in wrong.stderr and "ray get-auth-token" in wrong.stderr
     relative = cli(cluster, "job", "submit", "pretrain.storage_path=runs", "--address", cluster["address"])
     assert relative.returncode == 2 and "is relative: a job needs a path every node can reach" in relative.stderr
+
+
+def test_an_embedded_ray_starts_its_own_instance_beside_a_running_cluster(cluster, tmp_path):
+    """`labelcurve run` without --address must not join a `ray start` cluster of the same machine."""
+    code = (
+        "import ray; from cluster.ray_runtime import connect; connect(None); "
+        "print(ray.get_runtime_context().gcs_address); ray.shutdown()"
+    )
+    env = {k: v for k, v in cluster["env"].items() if k != "RAY_ADDRESS"}
+    ran = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    own = ran.stdout.strip().splitlines()[-1]
+    assert own and own != cluster["gcs"], (own, cluster["gcs"])

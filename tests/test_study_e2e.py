@@ -64,16 +64,34 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     children = roles["finetune"]
     assert parent.info.status == pre.info.status == "FINISHED"
     assert len(children) == 3 * 2 * 2
-    assert {(r.data.params["arm"], r.data.params["labels_per_class"], r.data.params["seed"]) for r in children} == {
+    assert {(r.data.params["arm"], r.data.tags["labelcurve.budget"], r.data.params["seed"]) for r in children} == {
         (a, b, s) for a in ARMS for b in ("1", "2") for s in ("0", "1")
     }
+    (version,) = client.search_model_versions("name='simclr-small_cnn-digits'")
+    subsets: dict[tuple[str, str], set[str]] = {}
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert int(run.data.params["n_labels"]) == 10 * int(run.data.params["labels_per_class"])
-        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
-        assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0
-        assert run.data.metrics["train_seconds"] > 0
+        metrics, tags = run.data.metrics, run.data.tags
+        assert metrics["labels_per_class"] == int(tags["labelcurve.budget"])  # a number, sorted as one
+        assert metrics["n_labels"] == 10 * metrics["labels_per_class"]
+        assert 0.0 <= metrics["test_accuracy"] <= 1.0
+        assert 0.0 <= metrics["test_macro_f1"] <= 1.0
+        assert metrics["train_seconds"] > 0
+        # the run spans the work it records (it used to be created after the work, lasting milliseconds)
+        assert run.info.end_time - run.info.start_time >= 0.9 * metrics["train_seconds"] * 1000
+        if run.data.params["arm"].startswith("ssl"):
+            assert tags["labelcurve.start_run_id"] == pre.info.run_id
+            assert tags["labelcurve.start_model"] == f"models:/simclr-small_cnn-digits/{version.version}"
+        else:
+            assert "labelcurve.start_run_id" not in tags
+        (subset,) = run.inputs.dataset_inputs
+        assert (
+            subset.dataset.source_type == "labelcurve-manifest" and f"/{parent.info.run_id}/" in subset.dataset.source
+        )
+        subsets.setdefault((tags["labelcurve.budget"], run.data.params["seed"]), set()).add(subset.dataset.digest)
+    assert all(len(digests) == 1 for digests in subsets.values())  # every arm of a seed: the same subset
+    assert len({next(iter(d)) for d in subsets.values()}) == 4  # other budget or seed: another subset
 
     # Pretraining: one loss per epoch, the backbone as safetensors, and it is not the random init.
     losses = client.get_metric_history(pre.info.run_id, "train/loss")
@@ -81,15 +99,14 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     artifacts = {a.path for a in client.list_artifacts(pre.info.run_id, "backbone")}
     assert {"backbone/model.safetensors", "backbone/card.json"} <= artifacts
     # 10 classes: a collapsed embedding votes by class frequency (about 0.1)
-    assert 0.5 < pre.data.metrics["knn_accuracy"] <= 1.0
-    assert 0.5 < pre.data.metrics["knn_accuracy_random_init"] <= 1.0
-    assert pre.data.metrics["knn_accuracy"] != pre.data.metrics["knn_accuracy_random_init"]  # not the init
+    assert 0.5 < pre.data.metrics["test_knn_accuracy"] <= 1.0
+    assert 0.5 < pre.data.metrics["test_knn_accuracy_random_init"] <= 1.0
+    assert pre.data.metrics["test_knn_accuracy"] != pre.data.metrics["test_knn_accuracy_random_init"]
     # the online kNN on a labeled slice of the pool: random init at step 0, then every epoch
-    assert [m.step for m in client.get_metric_history(pre.info.run_id, "knn/accuracy")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(pre.info.run_id, "online_knn/accuracy")] == [0, 1, 2]
     png = Path(client.download_artifacts(pre.info.run_id, "pretraining.png", str(tmp_path))).read_bytes()
     assert Image.open(io.BytesIO(png)).size[0] > 400
     state = load_file(client.download_artifacts(pre.info.run_id, "backbone/model.safetensors", str(tmp_path)))
-    (version,) = client.search_model_versions("name='simclr-small_cnn-digits'")
     assert version.run_id == pre.info.run_id and version.tags["in_channels"] == "1"
     backbone = build_backbone("small_cnn", 1)
     backbone.load_state_dict(state)
@@ -100,6 +117,15 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     for arm in ARMS:
         history = client.get_metric_history(parent.info.run_id, f"accuracy/{arm}")
         assert sorted(m.step for m in history) == [1, 2]
+        assert all(m.value == round(m.value, 4) for m in history)
+        for stat in ("std", "min", "max"):
+            assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, f"accuracy_{stat}/{arm}")) == [
+                1,
+                2,
+            ]
+    description = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert "| labels/class | ssl-linear | ssl-finetune | scratch |" in description
+    assert {"report.html", "curve.svg"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     frame = pd.read_csv(client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path)))
     assert len(frame) == 12 and set(frame.arm) == set(ARMS)
     png = Path(client.download_artifacts(parent.info.run_id, "curve.png", str(tmp_path))).read_bytes()

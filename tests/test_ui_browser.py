@@ -29,14 +29,18 @@ def test_printed_link_opens_the_runs_table_with_the_study_runs(tmp_path, browser
     ui = subprocess.Popen(
         [str(Path(sys.executable).parent / "labelcurve"), "ui", "--port", str(port)],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,
     )
     try:
+        printed = [ui.stdout.readline() for _ in range(2)]  # written before MLflow takes over the process
+        link = printed[1].removeprefix("  study quickstart: ").strip()
+        assert link == tracker.ui_url(port=port), printed  # the link `labelcurve run` prints, too
         wait_for(f"http://127.0.0.1:{port}/health", seconds=180, process=ui)
         page = browser.new_page()
-        page.goto(tracker.ui_url(port=port))
+        page.goto(link)
         # the runs table of the study: its study run listed, the two labeled runs nested under it
         expect(page.get_by_role("link", name="quickstart", exact=True).first).to_be_visible(timeout=90_000)
         expect(page.get_by_text("3 matching runs")).to_be_visible()
@@ -44,3 +48,43 @@ def test_printed_link_opens_the_runs_table_with_the_study_runs(tmp_path, browser
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=60)
+
+
+def test_an_exposed_server_lets_only_the_admin_write(tmp_path):
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Passw0rd"}
+    command = [str(Path(sys.executable).parent / "labelcurve"), "server", "--host", "0.0.0.0", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--expose"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout.readline().startswith("exposing the runs and models of sqlite:///mlflow-server.db on ")
+        wait_for(f"http://127.0.0.1:{port}/health", seconds=180, process=server)
+        create = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create"
+        body = json.dumps({"name": "from-elsewhere"}).encode()
+
+        def post(headers: dict) -> int:
+            request = urllib.request.Request(create, body, {"Content-Type": "application/json", **headers})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert post({}) == 401  # anonymous: no read, no write
+        admin = base64.b64encode(b"admin:s3cret-Passw0rd").decode()
+        assert post({"Authorization": f"Basic {admin}"}) == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
