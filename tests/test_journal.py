@@ -88,5 +88,10 @@ def test_a_killed_server_costs_no_finished_run(tmp_path, monkeypatch):
         recorded = replay(journal, set(finished_runs(tracker, parent)), lambda r: _log_result(tracker, parent, r, None))
         assert recorded == [RESULTS[1].spec.key] and not journal.path.exists()
         runs = finished_runs(tracker, parent)  # the sweep skips every FINISHED key: nothing is recomputed
-        assert runs[RESULTS[1].spec.key] == {"test_accuracy": 0.625, "test_macro_f1": 0.61, "train_seconds": 0.25}
+        assert runs[RESULTS[1].spec.key] == {
+            "test_accuracy": 0.625,
+            "test_macro_f1": 0.61,
+            "train_seconds": 0.25,
+            "n_labels": 50,
+        }
         assert set(runs) == {RESULTS[0].spec.key, RESULTS[1].spec.key}
