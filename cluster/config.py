@@ -38,7 +38,10 @@ class DataConfig(_Section):
     """Where images come from and how the fixed test split is drawn."""
 
     name: Literal["digits", "folder", "cifar10", "cifar100", "stl10"] = "digits"
-    path: str | None = Field(None, description="an ImageFolder root, or the root of a torchvision dataset")
+    path: str | None = Field(
+        None,
+        description="an ImageFolder root (optionally with split folders), a CSV of path,label, or a torchvision root",
+    )
     download: bool = Field(False, description="torchvision datasets: download into data.path when missing")
     unlabeled_path: str | None = None
     classes: list[str] | None = Field(None, description="keep only these classes (e.g. digits ['0','1'])")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cluster.config import StudyConfig
+from cluster.console import progress
 from cluster.ray_runtime import check_ray_address
 from cluster.tracking_server import check_tracking_server, tracking_uri
 from finetune.budgets import check_budgets
@@ -67,17 +67,10 @@ def prepare(cfg: StudyConfig, progress=None) -> Prepared:
 
 @contextmanager
 def data_progress(console: Console):
-    """Progress bars for listing, verifying and sampling images: minutes on large folders."""
-    columns = [TextColumn("data: {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        tasks: dict[str, int] = {}
-
-        def advance(step: str, n: int, total: int | None) -> None:
-            if step not in tasks:
-                tasks[step] = progress.add_task(step, total=total)
-            progress.update(tasks[step], advance=n)
-
-        yield advance
+    """Progress of listing, verifying and sampling images (minutes on large folders), as bars on
+    a terminal and as lines in a log."""
+    with progress(console, "data: ", transient=True) as advance:
+        yield lambda step, n, total: advance(step, n, total)
 
 
 def prepare_study(cfg: StudyConfig, console: Console) -> Prepared:

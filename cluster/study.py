@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cluster.config import StudyConfig
@@ -330,20 +329,12 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
             record = LabeledRecord(data, f"runs:/{parent}/manifest.parquet", cfg.data.split_seed, start_tags)
             inputs = SweepInputs.of(data, starts)
             settings = cfg.finetune.model_dump()
-            columns = [
-                TextColumn("sweep"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-            ]
-            with Progress(*columns, console=console) as progress:
-                task = progress.add_task("", total=len(todo))
+            with progress(console, "") as advance:
                 for result in run_sweep(todo, inputs, settings):
                     journal.keep(result)  # on local disk first: a tracking server outage loses no finished run
                     _log_result(tracker, parent, result, recorded.get(result.spec.key), record)
                     journal.drop(result.spec.key)
-                    progress.update(task, advance=1, description=f"{result.spec.key}: {result.accuracy:.3f}")
+                    advance("sweep", 1, len(todo), f"{result.spec.key}: {result.accuracy:.3f}")
         frame, _ = study_results(tracker, parent)
         table = summary_table(frame, cfg.finetune.arms)
         tracker.log_series(parent, curve_points(frame))
