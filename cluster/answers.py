@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.study import study_results
-from cluster.tracking import StudyTracker, tracking_uri
+from cluster.tracking import POOL_SIZE, StudyTracker, tracking_uri
 from finetune.arms import SCRATCH
 from finetune.curves import Estimate
 from finetune.forecast import backtest, fit_curves, multipliers, plan_next_round
@@ -34,16 +34,33 @@ def _per_class(e: Estimate, n_classes: int) -> Estimate:
     return Estimate(e.point / n_classes, e.low / n_classes, e.high / n_classes)
 
 
-def _load(study: str):
-    tracker = StudyTracker.existing(tracking_uri(), study)
+def _load(study: str | None):
+    """The study's tracker, latest study run, finished runs and class count; ``study`` defaults to
+    the store's only study."""
+    uri = tracking_uri()
+    tracker = StudyTracker.existing(uri, study or StudyTracker.only_study(uri))
     parent = tracker.latest_parent()
     frame, n_classes = study_results(tracker, parent)
     return tracker, parent, frame, n_classes
 
 
-def predict(study: str, target: float, console: Console) -> dict:
+def _default_cut(tracker: StudyTracker, parent: str, frame: pd.DataFrame, cut: float) -> tuple[int, str]:
+    """``cut`` of the labeled pool, in labels, and where the pool size came from."""
+    recorded = tracker.client.get_run(parent).data.tags.get(POOL_SIZE)
+    measured_all = frame.loc[frame.budget == "all", "n_labels"]
+    if recorded:
+        total, why = int(recorded), "the labeled pool"
+    elif not measured_all.empty:
+        total, why = int(measured_all.max()), "the labeled pool (its 'all' budget)"
+    else:  # a study run of the first release without an 'all' budget: the pool size is unknown
+        total, why = int(frame.n_labels.max()), "the largest measured budget (pool size not recorded)"
+    return int(cut * total), f"{cut:.0%} of {why}, {total} labels"
+
+
+def predict(study: str | None, target: float, console: Console) -> dict:
     """Per arm: accuracy at the next budgets, labels for ``target``, and the label multiplier."""
     tracker, parent, frame, n_classes = _load(study)
+    study = tracker.study
     curves = fit_curves(frame, n_classes)
     largest = int(frame.labels_per_class.max())
     next_per_class = [2 * largest, 5 * largest]
@@ -98,13 +115,15 @@ def predict(study: str, target: float, console: Console) -> dict:
     return answer
 
 
-def run_backtest(study: str, cut: float, cut_labels: int | None, console: Console) -> pd.DataFrame:
+def run_backtest(study: str | None, cut: float, cut_labels: int | None, console: Console) -> pd.DataFrame:
     """Fit on budgets up to the cut, score the predictions at the larger measured budgets."""
     tracker, parent, frame, n_classes = _load(study)
+    study = tracker.study
     if cut_labels is None:
-        pool = frame.loc[frame.budget == "all", "n_labels"]
-        total = int(pool.max()) if not pool.empty else int(frame.n_labels.max())
-        cut_labels = int(cut * total)
+        cut_labels, why = _default_cut(tracker, parent, frame, cut)
+    else:
+        why = "--cut-labels"
+    console.print(f"backtest: fitting on budgets of at most {cut_labels} labels ({why})")
     scores = backtest(frame, n_classes, cut_labels)
     view = Table(title=f"{study}: backtest, fitted on <= {cut_labels} labels ({cut_labels / n_classes:.0f}/class)")
     for column in ["arm", "held-out labels", "measured", "predicted", "abs error", "label ratio", "in 80% interval"]:
@@ -140,9 +159,10 @@ def run_backtest(study: str, cut: float, cut_labels: int | None, console: Consol
     return scores
 
 
-def plan(study: str, target: float, quantile: float, cost_per_label: float | None, console: Console) -> list:
+def plan(study: str | None, target: float, quantile: float, cost_per_label: float | None, console: Console) -> list:
     """The next budget to label per arm: a quantile of the labels needed, capped per round."""
-    _, _, frame, n_classes = _load(study)
+    tracker, _, frame, n_classes = _load(study)
+    study = tracker.study
     curves = fit_curves(frame, n_classes)
     current = int(frame.n_labels.max())
     view = Table(title=f"{study}: next round toward accuracy {target:g} (now {current} labels)")

@@ -240,7 +240,9 @@ def _answer(function, *args) -> None:
         raise UserError(str(error)) from None
 
 
-STUDY = click.option("--study", default="quickstart", show_default=True, help="Study name (the MLflow experiment).")
+STUDY = click.option(
+    "--study", default=None, help="Study name (the MLflow experiment); default: the store's only study."
+)
 TARGET = click.option(
     "--target",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),

@@ -27,7 +27,16 @@ from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
 from cluster.registry import default_model_name, register, use_store
-from cluster.tracking import BUDGET, FINETUNE, FINISHED, N_CLASSES, PRETRAIN, StudyTracker, TrackingUnreachable
+from cluster.tracking import (
+    BUDGET,
+    FINETUNE,
+    FINISHED,
+    N_CLASSES,
+    POOL_SIZE,
+    PRETRAIN,
+    StudyTracker,
+    TrackingUnreachable,
+)
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
 from finetune.budgets import check_budgets, labels_per_class, subset_indices
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
@@ -309,6 +318,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
                     "starting a new study run[/yellow]"
                 )
         tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
+        tracker.client.set_tag(parent, POOL_SIZE, len(data.items(POOL)))
         console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
         if resumed and (change := changed_since(tracker.client.get_run(parent).data.tags)):
             console.print(f"[yellow]{change}[/yellow]")

@@ -30,6 +30,7 @@ from cluster.tracking_server import TrackingError, check_tracking_server, redact
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
 N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
+POOL_SIZE = "labelcurve.pool_size"  # labeled pool images: the backtest's default cut is a share of it
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 __all__ = ["StudyTracker", "TrackingError", "check_tracking_server", "redacted", "tracking_uri"]
@@ -143,6 +144,16 @@ class StudyTracker:
     def _search(self, *conditions: str) -> list:
         query = " and ".join(conditions)
         return self.client.search_runs([self.experiment_id], query, max_results=50000, order_by=["start_time ASC"])
+
+    @staticmethod
+    def only_study(uri: str) -> str:
+        """The name of the store's one study, so that commands need no ``--study`` when there is one."""
+        known = sorted(e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default")
+        if len(known) == 1:
+            return known[0]
+        if not known:
+            raise TrackingError(f"no study in {redacted(uri)} yet: run `labelcurve run` first")
+        raise TrackingError(f"{len(known)} studies in {redacted(uri)} ({', '.join(known)}): pass --study NAME")
 
     @classmethod
     def existing(cls, uri: str, study: str) -> StudyTracker:

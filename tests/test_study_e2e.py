@@ -185,9 +185,10 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert {"prediction.png", "prediction.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     planned = labelcurve("plan", "--target", "0.5", "--study", "tiny", "--cost-per-label", "0.1")
     assert planned.returncode == 0 and "label up to" in planned.stdout, planned.stderr[-3000:]
-    chance = labelcurve("predict", "--target", "0.1", "--study", "tiny")
+    chance = labelcurve("predict", "--target", "0.1")  # the store's only study, without --study
     assert chance.returncode == 2 and "at or below chance" in chance.stderr
-    no_cut = labelcurve("backtest", "--study", "tiny")
+    no_cut = labelcurve("backtest")
+    assert "fitting on budgets of at most 125 labels (10% of the labeled pool, 1257 labels)" in no_cut.stdout
     assert no_cut.returncode == 2 and "leaves 0 budgets to fit on" in no_cut.stderr
 
 

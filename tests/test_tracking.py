@@ -41,3 +41,18 @@ def test_every_run_records_the_code_that_made_it_and_a_resume_by_other_code_says
     line = changed_since(tracker.client.get_run(parent).data.tags)
     assert line.startswith("this study run was recorded by labelcurve 0.0.1 (commit 1234567); this is labelcurve ")
     assert line.endswith(": continuing with it")
+
+
+def test_commands_default_to_the_only_study_and_name_them_when_there_are_several(tmp_path):
+    import pytest
+
+    from cluster.tracking import TrackingError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(TrackingError, match="no study in .* yet: run `labelcurve run` first"):
+        StudyTracker.only_study(uri)
+    StudyTracker(uri, "digits")
+    assert StudyTracker.only_study(uri) == "digits"
+    StudyTracker(uri, "cifar")
+    with pytest.raises(TrackingError, match=r"2 studies in .* \(cifar, digits\): pass --study NAME"):
+        StudyTracker.only_study(uri)
