@@ -49,7 +49,7 @@ def test_commands_default_to_the_only_study_and_name_them_when_there_are_several
     from cluster.tracking import TrackingError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(TrackingError, match="no study in .* yet: run `labelcurve run` first"):
+    with pytest.raises(TrackingError, match=r"no study in .* yet: run `labelcurve run` first"):
         StudyTracker.only_study(uri)
     StudyTracker(uri, "digits")
     assert StudyTracker.only_study(uri) == "digits"
