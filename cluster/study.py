@@ -56,7 +56,7 @@ from pretrain.data import DataPlan, StudyData, load_data
 from pretrain.knn import PROTOCOL as KNN_PROTOCOL
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL, TEST, to_parquet
-from pretrain.train import pretrain
+from pretrain.train import effective_batch_size, pretrain
 
 
 @dataclass
@@ -135,6 +135,12 @@ def _pretrained_backbone(
         f"pretraining: {p.method} on {len(data.pretraining_items)} images, {p.num_workers} Ray Train workers, "
         f"{p.epochs} epochs (MLflow run {run_id})"
     )
+    batch = effective_batch_size(p.batch_size, p.num_workers, len(data.pretraining_items))
+    if batch < p.batch_size:
+        console.print(
+            f"pretraining: {len(data.pretraining_items)} images cannot fill {p.num_workers} x {p.batch_size}: "
+            f"batch clamped to {batch} per worker (the learning rate scales with it)"
+        )
     try:
         result = pretrain(
             p.model_dump(),

@@ -138,6 +138,8 @@ class _EpochReport(pl.Callback):
             accuracy = self._knn(module)
             knn = "" if accuracy is None else f"  kNN {accuracy:.3f}"
             log.info("pretrain epoch %d/%d  loss %.4f%s  %.0f img/s", epoch, total, loss, knn, rate)
+            if epoch == 1 and total > 1:
+                log.info("%s", pace(seconds, total))
             self._log({"train/loss": loss, "train/images_per_second": rate, "data/unreadable_images": bad}, epoch)
             if accuracy is not None:
                 self._log({"online_knn/accuracy": accuracy}, epoch)
@@ -273,6 +275,15 @@ def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
         "queries": images(queries),
         "query_labels": labels[queries],
     }
+
+
+def pace(first_epoch_s: float, epochs: int) -> str:
+    """After the first epoch, how long all of them will take at its pace: a run of days says so
+    before anyone waits for it (the first epoch includes start-up, so this errs long)."""
+    total = first_epoch_s * epochs
+    unit, size = next((u, s) for u, s in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)) if total >= s or u == "s")
+    took = f"pretrain: epoch 1 took {first_epoch_s:.0f} s"
+    return f"{took}; {epochs} epochs at this pace take about {total / size:.1f} {unit}"
 
 
 def effective_batch_size(batch_size: int, num_workers: int, n_images: int) -> int:

@@ -8,7 +8,15 @@ import ray
 
 from cluster.config import DataConfig, PretrainConfig
 from pretrain.data import load_data, plan_data
-from pretrain.train import LOCAL_MAX_IMAGES, TooManyBadImages, effective_batch_size, input_mode, pretrain, scaled_lr
+from pretrain.train import (
+    LOCAL_MAX_IMAGES,
+    TooManyBadImages,
+    effective_batch_size,
+    input_mode,
+    pace,
+    pretrain,
+    scaled_lr,
+)
 from tests.conftest import write_image_folder
 
 
@@ -27,6 +35,12 @@ def test_learning_rate_follows_the_global_batch_that_training_sees():
     batch = effective_batch_size(128, 2, 100)  # 100 images cannot fill 2 x 128: 50 per worker
     assert batch == 50
     assert scaled_lr(0.004, batch, 2) == pytest.approx(0.004 * 100 / 256)
+
+
+def test_the_first_epoch_says_how_long_the_run_will_take():
+    assert pace(90, 2000) == "pretrain: epoch 1 took 90 s; 2000 epochs at this pace take about 2.1 d"
+    assert pace(12, 60) == "pretrain: epoch 1 took 12 s; 60 epochs at this pace take about 12.0 min"
+    assert pace(0.5, 10).endswith("take about 5.0 s")
 
 
 @pytest.mark.slow
