@@ -48,7 +48,7 @@ class Milestones:
 
 
 @contextmanager
-def progress(console: Console, label: str, transient: bool = False) -> Iterator[Advance]:
+def progress_bars(console: Console, label: str, transient: bool = False) -> Iterator[Advance]:
     """``advance(step, n, total, description)``: rich bars on a terminal, :class:`Milestones` elsewhere."""
     if not console.is_terminal:
         yield Milestones(console)

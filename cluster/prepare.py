@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from cluster.config import StudyConfig
-from cluster.console import progress
+from cluster.console import progress_bars
 from cluster.ray_runtime import check_ray_address
 from cluster.tracking_server import check_tracking_server, tracking_uri
 from finetune.budgets import check_budgets
@@ -69,7 +69,7 @@ def prepare(cfg: StudyConfig, progress=None) -> Prepared:
 def data_progress(console: Console):
     """Progress of listing, verifying and sampling images (minutes on large folders), as bars on
     a terminal and as lines in a log."""
-    with progress(console, "data: ", transient=True) as advance:
+    with progress_bars(console, "data: ", transient=True) as advance:
         yield lambda step, n, total: advance(step, n, total)
 
 

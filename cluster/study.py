@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.config import StudyConfig
-from cluster.console import make_console
+from cluster.console import make_console, progress_bars
 from cluster.embeddings import StudyEmbeddings
 from cluster.journal import Journal, replay
 from cluster.lease import StudyLease
@@ -345,7 +345,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
             record = LabeledRecord(data, f"runs:/{parent}/manifest.parquet", cfg.data.split_seed, start_tags)
             inputs = SweepInputs.of(data, starts)
             settings = cfg.finetune.model_dump()
-            with progress(console, "") as advance:
+            with progress_bars(console, "") as advance:
                 for result in run_sweep(todo, inputs, settings):
                     journal.keep(result)  # on local disk first: a tracking server outage loses no finished run
                     _log_result(tracker, parent, result, recorded.get(result.spec.key), record)

@@ -6,14 +6,14 @@ import io
 
 from rich.console import Console
 
-from cluster.console import Milestones, progress
+from cluster.console import Milestones, progress_bars
 
 
 def test_progress_written_to_a_file_is_a_line_every_five_percent():
     out = io.StringIO()
     console = Console(file=out, width=140)
     assert not console.is_terminal
-    with progress(console, "") as advance:
+    with progress_bars(console, "") as advance:
         for i in range(63):
             advance("sweep", 1, 63, f"run {i}")
     lines = out.getvalue().splitlines()
