@@ -279,7 +279,7 @@ def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
 
 def pace(first_epoch_s: float, epochs: int) -> str:
     """After the first epoch, how long all of them will take at its pace: a run of days says so
-    before anyone waits for it (the first epoch includes start-up, so this errs long)."""
+    before anyone waits for it (a rough figure: later epochs add checkpoints and the online kNN)."""
     total = first_epoch_s * epochs
     unit, size = next((u, s) for u, s in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)) if total >= s or u == "s")
     took = f"pretrain: epoch 1 took {first_epoch_s:.0f} s"
