@@ -182,7 +182,7 @@ def _record_placement(rank: int, tracking: dict | None) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking["uri"])
-        client.set_tag(tracking["run_id"], "labelcurve.worker_nodes", ", ".join(sorted(set(nodes))))
+        client.set_tag(tracking["run_id"], "labelcurve.worker_nodes", "; ".join(sorted(set(nodes))))
         client.set_tag(tracking["run_id"], "labelcurve.num_nodes", str(len(set(nodes))))
 
 

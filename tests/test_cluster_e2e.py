@@ -146,7 +146,7 @@ def test_submitted_study_spreads_over_both_nodes_and_lands_in_the_server(cluster
     (pre,) = roles["pretrain"]
     assert pre.info.status == "FINISHED"
     assert pre.data.tags["labelcurve.num_nodes"] == "2"
-    assert len(pre.data.tags["labelcurve.worker_nodes"].split(", ")) == 2
+    assert len(pre.data.tags["labelcurve.worker_nodes"].split("; ")) == 2
     assert len(roles["finetune"]) == 3 * 2 and roles["study"][0].info.status == "FINISHED"
     # Artifacts went through the server into its artifact store, none into a worker's temp dir.
     assert pre.info.artifact_uri.startswith("mlflow-artifacts:")
