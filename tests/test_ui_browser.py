@@ -17,6 +17,15 @@ from tests.conftest import free_port, wait_for
 pytestmark = pytest.mark.slow
 
 
+def _serve(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``labelcurve ARGS`` as a server in its own session; its stdout (the lines it prints before
+    MLflow takes over the process) is readable."""
+    command = [str(Path(sys.executable).parent / "labelcurve"), *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+
+
 def test_printed_link_opens_the_runs_table_with_the_study_runs(tmp_path, browser):
     from playwright.sync_api import expect
 
@@ -26,14 +35,7 @@ def test_printed_link_opens_the_runs_table_with_the_study_runs(tmp_path, browser
         tracker.finish(tracker.start_child(parent, FINETUNE, f"{arm}/1/0", f"{arm}-1-0", {"arm": arm}))
     tracker.finish(parent)
     port = free_port()
-    ui = subprocess.Popen(
-        [str(Path(sys.executable).parent / "labelcurve"), "ui", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    ui = _serve(tmp_path, "ui", "--port", str(port))
     try:
         printed = [ui.stdout.readline() for _ in range(2)]  # written before MLflow takes over the process
         link = printed[1].removeprefix("  study quickstart: ").strip()
@@ -58,16 +60,7 @@ def test_an_exposed_server_lets_only_the_admin_write(tmp_path):
 
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Passw0rd"}
-    command = [str(Path(sys.executable).parent / "labelcurve"), "server", "--host", "0.0.0.0", "--port", str(port)]
-    server = subprocess.Popen(
-        [*command, "--expose"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    server = _serve(tmp_path, "server", "--host", "0.0.0.0", "--port", str(port), "--expose", env=env)
     try:
         assert server.stdout.readline().startswith("exposing the runs and models of sqlite:///mlflow-server.db on ")
         wait_for(f"http://127.0.0.1:{port}/health", seconds=180, process=server)
