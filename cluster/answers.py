@@ -44,32 +44,74 @@ def _load(study: str | None):
     return tracker, parent, frame, n_classes
 
 
-def _default_cut(tracker: StudyTracker, parent: str, frame: pd.DataFrame, cut: float) -> tuple[int, str]:
-    """``cut`` of the labeled pool, in labels, and where the pool size came from."""
+def _pool(tracker: StudyTracker, parent: str, frame: pd.DataFrame) -> tuple[int | None, str]:
+    """The labeled pool's size in labels and where it came from (``None``: not recorded)."""
     recorded = tracker.client.get_run(parent).data.tags.get(POOL_SIZE)
     measured_all = frame.loc[frame.budget == "all", "n_labels"]
     if recorded:
-        total, why = int(recorded), "the labeled pool"
-    elif not measured_all.empty:
-        total, why = int(measured_all.max()), "the labeled pool (its 'all' budget)"
-    else:  # a study run of the first release without an 'all' budget: the pool size is unknown
-        total, why = int(frame.n_labels.max()), "the largest measured budget (pool size not recorded)"
+        return int(recorded), "the labeled pool"
+    if not measured_all.empty:
+        return int(measured_all.max()), "the labeled pool (its 'all' budget)"
+    return None, "pool size not recorded"
+
+
+def _default_cut(tracker: StudyTracker, parent: str, frame: pd.DataFrame, cut: float) -> tuple[int, str]:
+    """``cut`` of the labeled pool, in labels, and where the pool size came from."""
+    total, why = _pool(tracker, parent, frame)
+    if total is None:  # a study run of the first release without an 'all' budget
+        total, why = int(frame.n_labels.max()), f"the largest measured budget ({why})"
     return int(cut * total), f"{cut:.0%} of {why}, {total} labels"
+
+
+def _finite(value):
+    """``value`` with every non-finite float as ``None``: JSON has no Infinity."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _needed_cells(needed: Estimate, n_classes: int, pool: int | None) -> list[str]:
+    if not needed.reachable:
+        return [f"beyond what these runs can tell (> {_count(needed.limit)})", ""]
+    past = " (past the pool)" if pool is not None and needed.point > pool else ""
+    return [_interval(needed) + past, _interval(_per_class(needed, n_classes))]
+
+
+def _multiplier_cell(m) -> str:
+    if not math.isfinite(m.multiplier):
+        return f"> {m.limit:.0f}x (scratch: beyond what these runs can tell)"
+    high = f"{m.high:.1f}" if math.isfinite(m.high) else f"> {m.limit:.0f}"
+    return f"{m.multiplier:.1f}x [{m.low:.1f}, {high}]"
 
 
 def predict(study: str | None, target: float, console: Console) -> dict:
     """Per arm: accuracy at the next budgets, labels for ``target``, and the label multiplier."""
     tracker, parent, frame, n_classes = _load(study)
     study = tracker.study
+    pool, _ = _pool(tracker, parent, frame)
     curves = fit_curves(frame, n_classes)
     largest = int(frame.labels_per_class.max())
     next_per_class = [2 * largest, 5 * largest]
     share = round(next(iter(curves.values())).interval * 100)
+    limit = next(iter(curves.values())).limit_
     view = Table(title=f"{study}: forecast for target accuracy {target:g} ({share}% intervals)")
-    columns = ["arm", "ceiling", *[f"acc @ {b}/class" for b in next_per_class], "labels needed", "per class"]
+    past = ["" if pool is None or b * n_classes <= pool else " (past the pool)" for b in next_per_class]
+    columns = [
+        "arm",
+        "ceiling",
+        *[f"acc @ {b}/class{mark}" for b, mark in zip(next_per_class, past, strict=True)],
+        "labels needed",
+        "per class",
+    ]
     for column in columns:
         view.add_column(column, justify="right")
-    answer: dict = {"study": study, "target": target, "interval": share / 100, "arms": {}}
+    answer: dict = {"study": study, "target": target, "interval": share / 100, "limit": limit, "arms": {}}
+    if pool is not None:
+        answer["pool"] = pool
     series: dict[str, dict[int, float]] = {}
     step = round(target * 100)
     for arm, curve in curves.items():
@@ -77,12 +119,7 @@ def predict(study: str | None, target: float, console: Console) -> dict:
         low, high = curve.predict_interval([b * n_classes for b in next_per_class])
         points = curve.predict([b * n_classes for b in next_per_class])
         cells = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(points, low, high, strict=True)]
-        if needed.reachable:
-            reach = [_interval(needed), _interval(_per_class(needed, n_classes))]
-        else:
-            low = needed.low / n_classes
-            reach = ["not reachable", f"≥ {_count(low)} if at all" if math.isfinite(low) else "above the ceiling"]
-        view.add_row(arm, _interval(ceiling, "{:.3f}".format), *cells, *reach)
+        view.add_row(arm, _interval(ceiling, "{:.3f}".format), *cells, *_needed_cells(needed, n_classes, pool))
         answer["arms"][arm] = {"ceiling": vars(ceiling), "labels_needed": vars(needed)}
         series[f"ceiling/{arm}"] = {0: ceiling.point}
         for key, value in (
@@ -93,22 +130,28 @@ def predict(study: str | None, target: float, console: Console) -> dict:
             if math.isfinite(value):
                 series[f"{key}/{arm}"] = {step: value}
     console.print(view)
+    console.print(
+        f"label counts past {_count(limit)} (10x the largest measured budget) are not extrapolated"
+        + (f"; the labeled pool holds {pool:,}" if pool is not None else "")
+    )
     ratios = multipliers(curves, [b for b in (1, 2, 5, 10) if b <= largest])
     if not ratios.empty:
         table = Table(title=f"label multiplier: labels `{SCRATCH}` needs to match each arm, per label of that arm")
         for column in ["arm", "labels/class", "multiplier"]:
             table.add_column(column, justify="right")
         for row in ratios.itertuples():
-            table.add_row(row.arm, str(row.labels_per_class), f"{row.multiplier:.1f}x [{row.low:.1f}, {row.high:.1f}]")
-            series.setdefault(f"label_multiplier/{row.arm}", {})[row.labels_per_class] = row.multiplier
+            table.add_row(row.arm, str(row.labels_per_class), _multiplier_cell(row))
+            if math.isfinite(row.multiplier):
+                series.setdefault(f"label_multiplier/{row.arm}", {})[row.labels_per_class] = row.multiplier
         console.print(table)
         answer["label_multiplier"] = ratios.to_dict(orient="records")
+    answer = _finite(answer)
     tracker.log_series(parent, series)
     tracker.log_artifacts(
         parent,
         {
             "prediction.png": forecast_png(frame, curves, target, f"{study}: fitted curves and target {target:g}"),
-            "prediction.json": json.dumps(answer, indent=2, default=float).encode(),
+            "prediction.json": json.dumps(answer, indent=2, allow_nan=False).encode(),
         },
     )
     console.print(f"logged to study run {parent}: prediction.png, prediction.json, labels_needed/<arm>")

@@ -178,7 +178,9 @@ class FinetuneConfig(_Section):
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     budgets: list[Budget] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, "all"])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    steps: int = Field(150, ge=1)
+    steps: int = Field(150, ge=1, description="the fewest optimizer steps of a fine-tuning run")
+    epochs: float = Field(10, ge=0, description="passes over the labeled subset, when that takes more steps")
+    max_steps: int = Field(1000, ge=1, description="the most optimizer steps of a fine-tuning run")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -186,6 +188,12 @@ class FinetuneConfig(_Section):
     init: str | None = Field(
         None, description="backbone of the transfer arms: models:/NAME@ALIAS, runs:/ID or a folder"
     )
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> FinetuneConfig:
+        if self.max_steps < self.steps:
+            raise ValueError(f"finetune.max_steps ({self.max_steps}) is below finetune.steps ({self.steps}): raise it")
+        return self
 
     @field_validator("arms")
     @classmethod

@@ -33,17 +33,21 @@ def fit_curves(frame: pd.DataFrame, n_classes: int, **curve_options) -> dict[str
 def label_multiplier(pretrained: LearningCurve, scratch: LearningCurve, n_labels: float) -> Estimate:
     """How many times ``n_labels`` the scratch arm needs to match the pretrained arm at ``n_labels``.
 
-    The interval pairs bootstrap fits of both arms, so it carries the uncertainty of both.
+    The interval pairs bootstrap fits of both arms, so it carries the uncertainty of both. Where
+    scratch would need more than its curve's limit the multiplier is ``inf`` and its ``limit``
+    says the most these runs can state (``limit / n_labels``).
     """
-    reached = float(pretrained.predict(n_labels))
-    point = scratch.labels_needed(reached).point / n_labels if reached > scratch.chance_ else 0.0
     chance = scratch.chance_
+    reached = float(pretrained.predict(n_labels))
+    point = scratch.labels_needed(reached).point / n_labels if reached > chance else 0.0
     ratios = [
         r.labels_for(float(p.predict(np.array(n_labels), chance)), chance) / n_labels
         for p, r in zip(pretrained.bootstrap_fits_, scratch.bootstrap_fits_, strict=True)
     ]
+    limit = scratch.limit_ / n_labels
+    ratios = np.where(np.array(ratios) > limit, math.inf, ratios)
     low, high = np.quantile(ratios, [(1 - scratch.interval) / 2, (1 + scratch.interval) / 2], method="inverted_cdf")
-    return Estimate(point, float(low), float(high))
+    return Estimate(point, float(low), float(high), limit)
 
 
 def multipliers(curves: dict[str, LearningCurve], per_class: list[int]) -> pd.DataFrame:
@@ -56,7 +60,16 @@ def multipliers(curves: dict[str, LearningCurve], per_class: list[int]) -> pd.Da
             continue
         for budget in per_class:
             m = label_multiplier(curve, curves[SCRATCH], budget * curve.n_classes)
-            rows.append({"arm": arm, "labels_per_class": budget, "multiplier": m.point, "low": m.low, "high": m.high})
+            rows.append(
+                {
+                    "arm": arm,
+                    "labels_per_class": budget,
+                    "multiplier": m.point,
+                    "low": m.low,
+                    "high": m.high,
+                    "limit": m.limit,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -65,7 +78,7 @@ def backtest(frame: pd.DataFrame, n_classes: int, cut_labels: float, **curve_opt
 
     Per held-out budget: the absolute accuracy error, Mahmood et al.'s label-count ratio (the
     labels that reached the measured accuracy over the labels the fit said it would take) and
-    whether the interval covered the measured mean.
+    whether the interval for a mean of that many runs covered the measured mean.
     """
     seen = frame[frame.n_labels <= cut_labels]
     held = frame[frame.n_labels > cut_labels]
@@ -83,7 +96,7 @@ def backtest(frame: pd.DataFrame, n_classes: int, cut_labels: float, **curve_opt
         curve = curves[arm]
         measured = float(part.accuracy.mean())
         predicted = float(curve.predict(n))
-        low, high = curve.predict_interval([n])
+        low, high = curve.predict_interval([n], runs=len(part))
         needed = curve.labels_needed(measured).point if curve.chance_ < measured < 1 else math.inf
         rows.append(
             {
@@ -123,7 +136,7 @@ def plan_next_round(
     after labeling, measure again and re-plan.
     """
     needed = curve.labels_needed(target)
-    counts = np.array([f.labels_for(target, curve.chance_) for f in curve.bootstrap_fits_])
+    counts = curve.bootstrap_labels(target)
     wanted = float(np.quantile(counts, quantile, method="inverted_cdf"))
     step = min(wanted, max_step * current_labels)
     step = max(step, current_labels)

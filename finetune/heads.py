@@ -1,7 +1,7 @@
 """The heads of a labeled run: a linear probe on frozen features, and full fine-tuning.
 
 Both are trained with a fixed recipe (no early stopping, no tuning on the test split), so that
-every arm, budget and seed gets the same schedule and only the starting point differs.
+every arm and seed at a budget gets the same schedule and only the starting point differs.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def training_steps(n_labels: int, *, epochs: float, batch_size: int, min_steps: int, max_steps: int) -> int:
+    """Optimizer steps for a subset of ``n_labels``: ``epochs`` passes, within [min_steps, max_steps].
+
+    Non-decreasing in ``n_labels``, so a larger budget never trains less: with one fixed step
+    count, the whole pool saw each image a few times and could score below a tenth of it.
+    """
+    return int(min(max(min_steps, math.ceil(epochs * n_labels / batch_size)), max_steps))
+
+
 def fine_tune(
     backbone: nn.Module,
     n_classes: int,
@@ -46,10 +55,8 @@ def fine_tune(
     weight_decay: float,
     seed: int,
 ) -> nn.Module:
-    """Train ``backbone`` + a linear head on normalized ``images`` for a fixed number of steps.
-
-    A fixed step count (not epochs) keeps the compute per run the same at every budget.
-    """
+    """Train ``backbone`` + a linear head on normalized ``images`` for ``steps`` optimizer steps
+    (:func:`training_steps` sizes them to the subset)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = nn.Sequential(backbone, nn.Linear(backbone.feature_dim, n_classes))

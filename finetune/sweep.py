@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from finetune.arms import BY_NAME, LINEAR
 from finetune.budgets import Budget, subset_indices
-from finetune.heads import fine_tune, linear_probe, predict
+from finetune.heads import fine_tune, linear_probe, predict, training_steps
 from pretrain.backbones import build_backbone
 from pretrain.data import StudyData
 from pretrain.images import ImageSource
@@ -141,7 +141,13 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
             inputs.n_classes,
             inputs.images([inputs.pool_items[i] for i in index], start),
             torch.as_tensor(inputs.pool_y[index]),
-            steps=settings["steps"],
+            steps=training_steps(
+                len(index),
+                epochs=settings["epochs"],
+                batch_size=settings["batch_size"],
+                min_steps=settings["steps"],
+                max_steps=settings["max_steps"],
+            ),
             batch_size=settings["batch_size"],
             lr=settings["lr"],
             weight_decay=settings["weight_decay"],

@@ -17,6 +17,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -186,6 +187,29 @@ def _record_placement(rank: int, tracking: dict | None) -> None:
         client.set_tag(tracking["run_id"], "labelcurve.num_nodes", str(len(set(nodes))))
 
 
+@contextlib.contextmanager
+def _system_metrics(tracking: dict | None, context) -> Iterator[None]:
+    """MLflow's CPU, memory, disk, network (and GPU) metrics on the pretraining run, sampled every
+    5 s by the first worker of each node (``system/node<N>/...``); a resumed run continues its steps."""
+    if not tracking or context.get_local_rank() != 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        tracking["run_id"],
+        sampling_interval=5,
+        resume_logging=True,
+        node_id=f"node{context.get_node_rank()}",
+        tracking_uri=tracking["uri"],
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def _quiet_report_echo() -> None:
     """Ray Train 2.x logs every report with its metrics (the loss history) at INFO, under a
     logger named after its file; progress already has its own line per epoch."""
@@ -244,9 +268,10 @@ def _train_worker(config: dict) -> None:
         trainer = prepare_trainer(trainer)
     resume = ray.train.get_checkpoint()
     if resume is None:
-        trainer.fit(model, batches)
+        with _system_metrics(config.get("tracking"), context):
+            trainer.fit(model, batches)
         return
-    with resume.as_directory() as folder:
+    with resume.as_directory() as folder, _system_metrics(config.get("tracking"), context):
         state = torch.load(Path(folder, LIGHTNING_CKPT), map_location="cpu", weights_only=True)
         if state["epoch"] + 1 >= p.epochs:  # finished before: hand the same checkpoint back
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None

@@ -1,9 +1,13 @@
+import json
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from finetune.curves import CurveError, Fit
 from finetune.forecast import backtest, fit_curves, multipliers, plan_next_round
+from finetune.heads import training_steps
 
 CHANCE, CLASSES = 0.1, 10
 PER_CLASS = [1, 2, 5, 10, 20, 50]
@@ -75,3 +79,23 @@ def test_plan_steps_to_a_quantile_and_caps_the_round():
     assert far.next_labels == pytest.approx(2000, abs=CLASSES)  # at most 4x today's labels per round
     assert far.needed.point > 10_000  # the truth needs about 23,500 labels for 0.96
     assert far.reach_probability < 0.5
+
+
+def test_a_multiplier_past_the_limit_is_infinite_and_says_its_limit():
+    ssl = Fit("power", 0.95, 20.0, 0.8)
+    flat_scratch = Fit("power", 0.3, 5.0, 1.0)  # never reaches what the pretrained arm does
+    curves = fit_curves(frame_from({"ssl-linear": ssl, "scratch": flat_scratch}), CLASSES, n_bootstrap=20)
+    table = multipliers(curves, [5])
+    (row,) = table.itertuples()
+    assert math.isinf(row.multiplier) and row.limit == pytest.approx(10 * 500 / 50)
+    from cluster.answers import _finite, _multiplier_cell
+
+    assert "beyond what these runs can tell" in _multiplier_cell(row)
+    assert json.loads(json.dumps(_finite(table.to_dict(orient="records")), allow_nan=False))[0]["multiplier"] is None
+
+
+def test_more_labels_never_train_less():
+    steps = [training_steps(n, epochs=10, batch_size=64, min_steps=150, max_steps=1000) for n in range(1, 20_000, 37)]
+    assert steps[0] == 150 and steps[-1] == 1000
+    assert np.all(np.diff(steps) >= 0)
+    assert training_steps(1258, epochs=10, batch_size=64, min_steps=150, max_steps=1000) == 197  # the README's figure
