@@ -84,6 +84,9 @@ class PretrainConfig(_Section):
     cifar_stem: bool | None = Field(None, description="ResNets: 3x3 stem without max-pool; default: images <= 64 px")
     patch_size: int | None = Field(None, ge=1, description="ViTs; default: the largest of 16/8/4/2 giving 8x8 patches")
     epochs: int = Field(60, ge=1)
+    repeats: int = Field(
+        1, ge=1, le=16, description="pretrainings with seeds seed..seed+N-1; labeled seed s starts from s mod N"
+    )
     batch_size: int = Field(128, ge=2, description="per worker")
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = Field(4e-3, gt=0, allow_inf_nan=False)

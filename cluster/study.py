@@ -37,7 +37,7 @@ from cluster.tracking import (
     StudyTracker,
     TrackingUnreachable,
 )
-from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER
+from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER, start_key
 from finetune.budgets import check_budgets, labels_per_class, subset_indices
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
 from finetune.report_html import report_html
@@ -116,23 +116,28 @@ def _test_knn(backbone, data: StudyData, embeddings: StudyEmbeddings, name: str)
 
 
 def _pretrained_backbone(
-    cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console
+    cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console, repeat: int = 0
 ) -> tuple[dict, dict[str, str]]:
-    """The backbone weights: from a FINISHED pretraining run of this study, else trained now,
-    saved as safetensors with its card, and registered as a new model version; and the tags
-    naming that run and version, for the labeled runs that start from it."""
-    previous = tracker.children(parent, PRETRAIN).get(PRETRAIN)
+    """The backbone weights of pretraining ``repeat`` (seed: the study seed + ``repeat``): from a
+    FINISHED pretraining run of this study, else trained now, saved as safetensors with its card,
+    and registered as a new model version; and the tags naming that run and version, for the
+    labeled runs that start from it."""
+    key = start_key(SSL, repeat, cfg.pretrain.repeats).replace(SSL, PRETRAIN, 1)
+    seed = cfg.seed + repeat
+    of = f" {repeat + 1}/{cfg.pretrain.repeats}" if cfg.pretrain.repeats > 1 else ""
+    previous = tracker.children(parent, PRETRAIN).get(key)
     if previous is not None and previous.info.status == FINISHED:
-        console.print(f"pretraining: reusing finished run {previous.info.run_id}")
+        console.print(f"pretraining{of}: reusing finished run {previous.info.run_id}")
         state, _ = read_backbone(fetch(f"runs:/{previous.info.run_id}"))
         versions = tracker.client.search_model_versions(f"run_id = '{previous.info.run_id}'")
         model = f"models:/{versions[0].name}/{versions[0].version}" if versions else None
         return state, _start_tags(previous.info.run_id, model)
     params = {f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()}
-    run_id = tracker.start_child(parent, PRETRAIN, PRETRAIN, f"pretrain-{cfg.pretrain.method}", params, previous)
+    run_name = f"pretrain-{cfg.pretrain.method}" + (f"-r{repeat}" if repeat else "")
+    run_id = tracker.start_child(parent, PRETRAIN, key, run_name, {**params, "pretrain.seed": seed}, previous)
     p = cfg.pretrain
     console.print(
-        f"pretraining: {p.method} on {len(data.pretraining_items)} images, {p.num_workers} Ray Train workers, "
+        f"pretraining{of}: {p.method} on {len(data.pretraining_items)} images, {p.num_workers} Ray Train workers, "
         f"{p.epochs} epochs (MLflow run {run_id})"
     )
     batch = effective_batch_size(p.batch_size, p.num_workers, len(data.pretraining_items))
@@ -145,8 +150,8 @@ def _pretrained_backbone(
         result = pretrain(
             p.model_dump(),
             data,
-            name=f"{cfg.study}-{cfg.fingerprint('data', 'pretrain')}-{data.digest}",
-            seed=cfg.seed,
+            name=f"{cfg.study}-{cfg.fingerprint('data', 'pretrain')}-{data.digest}" + (f"-r{repeat}" if repeat else ""),
+            seed=seed,
             tracking={"uri": tracker.uri, "run_id": run_id},
             max_bad_fraction=cfg.data.max_bad_fraction,
         )
@@ -157,7 +162,7 @@ def _pretrained_backbone(
         tracker.finish(run_id, "FAILED")
         raise
     card = _card(cfg, data, result.backbone_state, run_id, embeddings)
-    torch.manual_seed(cfg.seed)  # the init pretraining started from
+    torch.manual_seed(seed)  # the init pretraining started from
     initial = build_backbone(p.backbone, data.channels, data.image_size, **card.options)
     random_init = _test_knn(initial, data, embeddings, "random-init")
     metrics = {
@@ -179,7 +184,7 @@ def _pretrained_backbone(
     version = register(tracker.client, model, run_id, card)
     tracker.finish(run_id)
     console.print(
-        f"pretraining: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f} "
+        f"pretraining{of}: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f} "
         f"(random init {random_init:.3f}); "
         f"registered models:/{model}/{version} (models:/{model}@latest)"
     )
@@ -201,13 +206,15 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> tu
     starts, tags, options = {}, {}, _options(cfg, data)
     embeddings = StudyEmbeddings(tracker, parent, data)
 
-    def embed(name: str, mean, std):
-        return (lambda backbone: embeddings.features(name, backbone, mean, std)) if name in probed else None
+    def embed(start: str, name: str, mean, std):
+        return (lambda backbone: embeddings.features(name, backbone, mean, std)) if start in probed else None
 
-    if SSL in needed:
-        state, tags[SSL] = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console)
-        starts[SSL] = make_start(
-            data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, data.mean, data.std)
+    repeats = cfg.pretrain.repeats
+    for repeat in sorted({spec.seed % repeats for spec in todo if BY_NAME[spec.arm].start == SSL}):
+        key = start_key(SSL, repeat, repeats)
+        state, tags[key] = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console, repeat)
+        starts[key] = make_start(
+            data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, key, data.mean, data.std)
         )
     if SCRATCH_START in needed:
         starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std)
@@ -216,7 +223,13 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> tu
         init = prepared.init or ""
         tags[TRANSFER] = _start_tags(card.run_id or None, init if init.startswith("models:/") else None)
         starts[TRANSFER] = make_start(
-            data, card.backbone, card.options, state, card.mean, card.std, embed(TRANSFER, card.mean, card.std)
+            data,
+            card.backbone,
+            card.options,
+            state,
+            card.mean,
+            card.std,
+            embed(TRANSFER, TRANSFER, card.mean, card.std),
         )
     if embeddings.reused:
         console.print(
@@ -250,7 +263,8 @@ class LabeledRecord:
     data: StudyData
     manifest: str  # the study run's manifest artifact
     split_seed: int
-    starts: dict[str, dict[str, str]]  # start -> provenance tags
+    starts: dict[str, dict[str, str]]  # start_key -> provenance tags
+    repeats: int = 1
 
 
 def _subset_input(record: LabeledRecord, spec: RunSpec) -> DatasetInput:
@@ -279,7 +293,7 @@ def _log_result(
         "n_labels": result.n_labels,
     }
     if record is not None:
-        tags.update(record.starts.get(BY_NAME[spec.arm].start, {}))
+        tags.update(record.starts.get(start_key(BY_NAME[spec.arm].start, spec.seed, record.repeats), {}))
         metrics["labels_per_class"] = labels_per_class(spec.budget, result.n_labels, len(record.data.classes))
     name = f"{spec.arm}-{spec.budget}-s{spec.seed}"
     params = {"arm": spec.arm, "seed": spec.seed}
@@ -342,8 +356,9 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
         if todo:
             connect(cfg.ray.address)
             starts, start_tags = _starts(cfg, data, todo, tracker, parent, prepared, console)
-            record = LabeledRecord(data, f"runs:/{parent}/manifest.parquet", cfg.data.split_seed, start_tags)
-            inputs = SweepInputs.of(data, starts)
+            manifest = f"runs:/{parent}/manifest.parquet"
+            record = LabeledRecord(data, manifest, cfg.data.split_seed, start_tags, cfg.pretrain.repeats)
+            inputs = SweepInputs.of(data, starts, cfg.pretrain.repeats)
             settings = cfg.finetune.model_dump()
             with progress_bars(console, "") as advance:
                 for result in run_sweep(todo, inputs, settings):

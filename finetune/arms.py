@@ -26,6 +26,16 @@ _ALL = [
     Arm("transfer-finetune", TRANSFER, FINETUNE),
 ]
 BY_NAME = {arm.name: arm for arm in _ALL}
+
+
+def start_key(start: str, seed: int, repeats: int = 1) -> str:
+    """The starting point a run of ``seed`` trains from. With ``repeats`` pretrainings, seed s
+    pairs with pretraining s mod repeats, so that the spread over seeds, and every interval
+    fitted to it, holds how much another pretraining run moves the curve."""
+    repeat = seed % repeats if start == SSL else 0
+    return f"{start}-r{repeat}" if repeat else start
+
+
 ARMS = tuple(BY_NAME)
 DEFAULT_ARMS = ("ssl-linear", "ssl-finetune", "scratch")
 SSL_LINEAR, SSL_FINETUNE, SCRATCH = DEFAULT_ARMS

@@ -12,7 +12,7 @@ import ray
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from finetune.arms import BY_NAME, LINEAR
+from finetune.arms import BY_NAME, LINEAR, start_key
 from finetune.budgets import Budget, subset_indices
 from finetune.heads import fine_tune, linear_probe, predict, training_steps
 from pretrain.backbones import build_backbone
@@ -81,11 +81,12 @@ class SweepInputs:
     test_items: list[str]
     test_y: np.ndarray
     n_classes: int
-    starts: dict[str, Start]
+    starts: dict[str, Start]  # by start_key
     source: ImageSource
+    repeats: int = 1  # pretrainings the SSL arms' seeds are paired with
 
     @classmethod
-    def of(cls, data: StudyData, starts: dict[str, Start]) -> SweepInputs:
+    def of(cls, data: StudyData, starts: dict[str, Start], repeats: int = 1) -> SweepInputs:
         return cls(
             data.items(POOL),
             data.labels(POOL),
@@ -94,6 +95,7 @@ class SweepInputs:
             len(data.classes),
             starts,
             data.source,
+            repeats,
         )
 
     def images(self, items: list[str], start: Start) -> torch.Tensor:
@@ -127,7 +129,7 @@ def make_start(
 def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
     """Train and evaluate one (arm, budget, seed) on the fixed test split."""
     arm = BY_NAME[spec.arm]
-    start = inputs.starts[arm.start]
+    start = inputs.starts[start_key(arm.start, spec.seed, inputs.repeats)]
     index = subset_indices(inputs.pool_y, spec.budget, spec.seed)
     started_at, started = time.time(), time.perf_counter()
     if arm.head == LINEAR:

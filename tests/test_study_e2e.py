@@ -229,6 +229,45 @@ def assert_ui_serves(cwd: Path, experiment_id: str, parent_id: str, n_runs: int)
         server.wait(timeout=30)
 
 
+def test_repeated_pretraining_pairs_each_seed_with_one_pretraining(labelcurve, tmp_path):
+    """pretrain.repeats=2: two pretrainings (seeds 0 and 1); labeled seeds 0 and 2 start from the
+    first, seed 1 from the second, so the spread over seeds holds the pretraining's."""
+    result = labelcurve(
+        "run",
+        "study=tiny",
+        "pretrain.repeats=2",
+        "pretrain.epochs=1",
+        "pretrain.batch_size=64",
+        "finetune.arms=[ssl-linear, scratch]",
+        "finetune.budgets=[1, 2]",
+        "finetune.seeds=[0, 1, 2]",
+        "finetune.steps=10",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretraining 2/2" in result.stdout
+    client, experiment_id = store(tmp_path)
+    roles = runs_by_role(client, experiment_id)
+    pretrainings = {r.data.tags["labelcurve.run_key"]: r for r in roles["pretrain"]}
+    assert sorted(pretrainings) == ["pretrain", "pretrain-r1"]
+    assert {k: r.data.params["pretrain.seed"] for k, r in pretrainings.items()} == {"pretrain": "0", "pretrain-r1": "1"}
+    assert all(r.info.status == "FINISHED" for r in pretrainings.values())
+    assert len(client.search_model_versions("name='simclr-small_cnn-digits'")) == 2
+    first, second = pretrainings["pretrain"].info.run_id, pretrainings["pretrain-r1"].info.run_id
+    started_from = {
+        int(r.data.params["seed"]): r.data.tags["labelcurve.start_run_id"]
+        for r in roles["finetune"]
+        if r.data.params["arm"] == "ssl-linear"
+    }
+    assert started_from == {0: first, 1: second, 2: first}
+    # two different backbones, not one registered twice
+    states = []
+    for run in (first, second):
+        (tmp_path / run).mkdir()
+        states.append(load_file(client.download_artifacts(run, "backbone/model.safetensors", str(tmp_path / run))))
+    first_state, second_state = states
+    assert any(not torch.equal(v, second_state[k]) for k, v in first_state.items())
+
+
 def _interrupt_mid_sweep(command, cwd: Path, log: Path, sig: int, after: int) -> subprocess.Popen:
     """Start the driver, wait until ``after`` labeled runs are FINISHED, send ``sig`` once."""
     with open(log, "w") as out:
