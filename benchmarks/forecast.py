@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import subprocess
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,29 +48,42 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
 class Task:
-    """One labeled pool with features: measures the mean and seeds' accuracy at any budget."""
+    """One labeled pool with features, to measure a curve on."""
 
     def __init__(self, name: str, pool_x, pool_y, test_x, test_y, budgets: list[int]) -> None:
         self.name, self.budgets = name, budgets
         self.pool_x, self.pool_y, self.test_x, self.test_y = pool_x, pool_y, test_x, test_y
-        self.n_classes = len(np.unique(pool_y))
-        self.per_class_pool = int(np.bincount(pool_y).min())
-        self.cache: dict[int, list[float]] = {}
 
-    def measure(self, per_class: int) -> list[float]:
-        per_class = min(per_class, self.per_class_pool)
-        if per_class not in self.cache:
-            scores = []
+    def measure(self) -> Curve:
+        """Accuracy of the linear probe at every budget (per class, capped at the pool), per seed."""
+        scores = {}
+        for per_class in sorted({min(b, int(np.bincount(self.pool_y).min())) for b in self.budgets}):
+            scores[per_class] = []
             for seed in SEEDS:
                 index = subset_indices(self.pool_y, per_class, seed)
                 predicted = linear_probe(self.pool_x[index], self.pool_y[index], self.test_x)
-                scores.append(float(np.mean(predicted == self.test_y)))
-            self.cache[per_class] = scores
-        return self.cache[per_class]
+                scores[per_class].append(float(np.mean(predicted == self.test_y)))
+        return Curve(self.name, len(np.unique(self.pool_y)), scores)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A measured learning curve: accuracy per seed at each per-class budget."""
+
+    name: str
+    n_classes: int
+    scores: dict[int, list[float]]
+
+    @property
+    def budgets(self) -> list[int]:
+        return sorted(self.scores)
 
     def frame(self, budgets: list[int]) -> tuple[np.ndarray, np.ndarray]:
         n = np.repeat([b * self.n_classes for b in budgets], len(SEEDS)).astype(float)
-        return n, np.concatenate([self.measure(b) for b in budgets])
+        return n, np.concatenate([self.scores[b] for b in budgets])
+
+    def mean(self, budget: int) -> float:
+        return float(np.mean(self.scores[budget]))
 
 
 def _subset(x, y, classes):
@@ -154,6 +169,7 @@ def load_baseline(revision: str) -> type:
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("baseline_curves", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module.LearningCurve
 
@@ -164,19 +180,21 @@ def _fold(predicted: float, actual: float) -> float:
     return max(predicted / actual, actual / predicted)
 
 
-def held_out(task: Task, make: Callable[[int], object], k: int) -> list[dict]:
-    n, acc = task.frame(task.budgets[:k])
-    curve = make(task.n_classes).fit(n, acc)
+def held_out(curve: Curve, make: Callable[[int], object], k: int) -> list[dict]:
+    """Fit on the first ``k`` budgets; score the later ones up to 10x the largest fitted one
+    (the new estimator's extrapolation limit: both are scored on the same points)."""
+    fitted = curve.budgets[:k]
+    n, acc = curve.frame(fitted)
+    model = make(curve.n_classes).fit(n, acc)
     rows = []
-    for budget in task.budgets[k:]:
-        scores = task.measure(budget)
-        measured, labels = float(np.mean(scores)), budget * task.n_classes
-        predicted = float(curve.predict(labels))
+    for budget in [b for b in curve.budgets[k:] if b <= 10 * fitted[-1]]:
+        measured, labels = curve.mean(budget), budget * curve.n_classes
+        predicted = float(model.predict(labels))
         try:
-            low, high = curve.predict_interval([labels], runs=len(scores))
+            low, high = model.predict_interval([labels], runs=len(SEEDS))
         except TypeError:  # today's estimator: an interval of the expected accuracy only
-            low, high = curve.predict_interval([labels])
-        needed = curve.labels_needed(measured).point if curve.chance_ < measured < 1 else math.inf
+            low, high = model.predict_interval([labels])
+        needed = model.labels_needed(measured).point if model.chance_ < measured < 1 else math.inf
         rows.append(
             {
                 "error": abs(predicted - measured),
@@ -187,21 +205,44 @@ def held_out(task: Task, make: Callable[[int], object], k: int) -> list[dict]:
     return rows
 
 
-def rounds(task: Task, make: Callable[[int], object], k: int, n_rounds: int = 2) -> list[float]:
-    """Folded label ratio after each round of fit, label the predicted count, refit."""
-    target_budget = task.budgets[-1]
-    target = float(np.mean(task.measure(target_budget))) - 1e-9
-    budgets, ratios = list(task.budgets[:k]), []
+def rounds(curve: Curve, make: Callable[[int], object], k: int, n_rounds: int = 2) -> list[float]:
+    """Folded label ratio after each round of: fit, label the predicted count (the next measured
+    budget at or above it, at most 10x today's), refit. The target is the mean measured at the
+    largest budget within 10x of the first fit's."""
+    budgets = curve.budgets[:k]
+    goal = max(b for b in curve.budgets if b <= 10 * budgets[-1])
+    target = curve.mean(goal)
+    # the fewest labels that reached the target: later budgets of a noisy curve may dip below it
+    reached = min(b for b in curve.budgets if curve.mean(b) >= target)
+    ratios = []
     for _ in range(n_rounds):
-        n, acc = task.frame(budgets)
-        curve = make(task.n_classes).fit(n, acc)
-        needed = curve.labels_needed(target).point if target > curve.chance_ else math.inf
-        ratios.append(_fold(needed, target_budget * task.n_classes))
-        # label what the fit asked for: at most 10x today's largest budget, never past the pool
-        per_class = needed / task.n_classes if math.isfinite(needed) else 10 * max(budgets)
-        per_class = int(min(max(math.ceil(per_class), max(budgets) + 1), 10 * max(budgets), task.per_class_pool))
-        budgets = sorted({*budgets, per_class})
+        n, acc = curve.frame(budgets)
+        model = make(curve.n_classes).fit(n, acc)
+        needed = model.labels_needed(target - 1e-9).point if target > model.chance_ else math.inf
+        ratios.append(_fold(needed, reached * curve.n_classes))
+        per_class = needed / curve.n_classes if math.isfinite(needed) else math.inf
+        cap = 10 * budgets[-1]
+        later = [b for b in curve.budgets if b > budgets[-1] and b <= cap]
+        if not later:
+            break
+        step = next((b for b in later if b >= per_class), later[-1])
+        budgets = sorted({*budgets, step})
     return ratios
+
+
+def measured_curves(path: Path) -> list[Curve]:
+    """The curves, measured once and kept in ``path`` (the measurement is the slow part)."""
+    if path.exists():
+        raw = json.loads(path.read_text())
+        return [Curve(c["name"], c["n_classes"], {int(b): v for b, v in c["scores"].items()}) for c in raw]
+    tasks = digits_tasks() + (cifar_tasks() if CIFAR.exists() else [])
+    print(f"measuring {len(tasks)} curves (3 seeds per budget)", flush=True)
+    curves = []
+    for task in tasks:
+        curves.append(task.measure())
+        print(f"  {task.name}: {len(curves[-1].budgets)} budgets", flush=True)
+    path.write_text(json.dumps([vars(c) for c in curves]))
+    return curves
 
 
 def main() -> None:
@@ -209,38 +250,48 @@ def main() -> None:
     parser.add_argument("--baseline", default="f9ab718", help="git revision of today's estimator")
     parser.add_argument("--first", type=int, nargs="+", default=[4, 5], help="budgets fitted on (k)")
     parser.add_argument("--bootstrap", type=int, default=50)
+    parser.add_argument(
+        "--curves",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "labelcurve-forecast-curves.json",
+        help="measured curves: read if present, else measured and written",
+    )
     args = parser.parse_args()
     baseline = load_baseline(args.baseline)
     estimators = {
         "today": lambda c: baseline(c, n_bootstrap=args.bootstrap),
         "new": lambda c: LearningCurve(c, n_bootstrap=args.bootstrap),
     }
-    tasks = digits_tasks() + (cifar_tasks() if CIFAR.exists() else [])
-    print(f"{len(tasks)} curves; measuring them (3 seeds per budget)", flush=True)
-    for task in tasks:
-        task.frame(task.budgets)
+    curves = measured_curves(args.curves)
     rows = []
-    for task in tasks:
+    for curve in curves:
         for name, make in estimators.items():
             for k in args.first:
-                for row in held_out(task, make, k):
-                    rows.append({"estimator": name, "k": k, "task": task.name, "kind": "held-out", **row})
-                for r, ratio in enumerate(rounds(task, make, k), start=1):
-                    rows.append({"estimator": name, "k": k, "task": task.name, "kind": f"round {r}", "ratio": ratio})
-        print(f"  {task.name}: done", flush=True)
+                for row in held_out(curve, make, k):
+                    rows.append({"estimator": name, "k": k, "curve": curve.name, "kind": "held-out", **row})
+                for r, ratio in enumerate(rounds(curve, make, k), start=1):
+                    rows.append({"estimator": name, "k": k, "curve": curve.name, "kind": f"round {r}", "ratio": ratio})
     frame = pd.DataFrame(rows)
     frame.to_csv(Path(tempfile.gettempdir()) / "labelcurve-forecast-benchmark.csv", index=False)
-    print(f"\n{len(tasks)} curves; label ratios folded (1.0 = exact, 2.0 = off by 2x either way; beyond = inf)")
-    header = f"{'estimator':<9} {'k':>2} {'held-out: median':>17} {'p90':>7} {'|acc err|':>9} {'80% cover':>9}"
-    print(header + f" {'round 1 median':>14} {'round 2 median':>14} {'round 2 p90':>11}")
+    print(f"\n{len(curves)} curves; label ratios folded (1.0 = exact, 2.0 = off by 2x either way)")
+    print(
+        f"{'estimator':<9} {'k':>2} {'held-out median':>15} {'p90':>6} {'no answer':>9} {'|acc err|':>9} "
+        f"{'80% cover':>9} {'round 1':>8} {'round 2':>8} {'round 2 p90':>11}"
+    )
     for (name, k), part in frame.groupby(["estimator", "k"], sort=False):
         held = part[part.kind == "held-out"]
-        r1, r2 = (part[part.kind == f"round {r}"].ratio for r in (1, 2))
+        r1, r2 = (part[part.kind == f"round {r}"].ratio.to_numpy() for r in (1, 2))
         print(
-            f"{name:<9} {k:>2} {held.ratio.median():>17.2f} {held.ratio.quantile(0.9):>7.2f} "
-            f"{held.error.mean():>9.3f} {held.covered.mean():>9.0%} {r1.median():>14.2f} {r2.median():>14.2f} "
-            f"{r2.quantile(0.9):>11.2f}"
+            f"{name:<9} {k:>2} {_q(held.ratio, 0.5):>15.2f} {_q(held.ratio, 0.9):>6.2f} "
+            f"{np.isinf(held.ratio).mean():>9.0%} {held.error.mean():>9.3f} {held.covered.mean():>9.0%} "
+            f"{_q(r1, 0.5):>8.2f} {_q(r2, 0.5):>8.2f} {_q(r2, 0.9):>11.2f}"
         )
+    print("no answer: unreachable or beyond the limit, counted as inf in the medians")
+
+
+def _q(values, q: float) -> float:
+    """A quantile where ``inf`` (no answer) is a value like any other, not a nan."""
+    return float(np.quantile(np.asarray(values, dtype=float), q, method="inverted_cdf"))
 
 
 if __name__ == "__main__":

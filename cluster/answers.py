@@ -172,7 +172,7 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
     for column in ["arm", "held-out labels", "measured", "predicted", "abs error", "label ratio", "in 80% interval"]:
         view.add_column(column, justify="right")
     for row in scores.itertuples():
-        ratio = f"{row.label_ratio:.2f}" if math.isfinite(row.label_ratio) else "fit: unreachable"
+        ratio = f"{row.label_ratio:.2f}" if math.isfinite(row.label_ratio) else "no answer"
         view.add_row(
             row.arm,
             f"{row.n_labels}",
@@ -193,7 +193,11 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
     console.print(
         f"mean |error| {summary['backtest/mean_abs_error']:.3f}, median label ratio "
         f"{summary['backtest/median_label_ratio']:.2f}"
-        + (f" ({unreachable} held-out accuracies the fit called unreachable)" if unreachable else "")
+        + (
+            f" ({unreachable} held-out accuracies the fit put above its ceiling or past its limit)"
+            if unreachable
+            else ""
+        )
         + f", coverage {summary['backtest/coverage']:.0%} (nominal 80%)"
     )
     summary = {k: v for k, v in summary.items() if math.isfinite(v)}

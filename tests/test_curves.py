@@ -12,7 +12,8 @@ BUDGETS = np.repeat([10, 20, 50, 100, 200], 3)
 @pytest.mark.parametrize("family", ["power", "arctan", "mmf"])
 def test_fit_recovers_known_parameters(family):
     truth = Fit(family, ceiling=0.93, scale=40.0, alpha=0.8)
-    curve = LearningCurve(n_classes=10, families=(family,), n_bootstrap=5).fit(BUDGETS, truth.predict(BUDGETS, CHANCE))
+    curve = LearningCurve(n_classes=10, families=(family,), n_bootstrap=5, ceiling_prior=None)
+    curve.fit(BUDGETS, truth.predict(BUDGETS, CHANCE))
     (fit,) = curve.fits_
     assert fit.ceiling == pytest.approx(0.93, abs=1e-3)
     assert fit.scale == pytest.approx(40.0, rel=1e-2)
@@ -33,7 +34,7 @@ def test_labels_needed_inverts_predict():
 
 
 def test_target_above_the_ceiling_is_not_reachable():
-    curve = LearningCurve(n_classes=10, n_bootstrap=20).fit(
+    curve = LearningCurve(n_classes=10, n_bootstrap=20, ceiling_prior=None).fit(
         BUDGETS, Fit("mmf", 0.8, 30.0, 1.0).predict(BUDGETS, CHANCE)
     )
     assert curve.ceiling().point == pytest.approx(0.8, abs=0.02)
