@@ -105,7 +105,7 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     # the online kNN on a labeled slice of the pool: random init at step 0, then every epoch
     assert [m.step for m in client.get_metric_history(pre.info.run_id, "online_knn/accuracy")] == [0, 1, 2]
     # MLflow's system metrics, sampled by the first worker of the (one) node while it trained
-    assert 0 < pre.data.metrics["system/node0/cpu_utilization_percentage"] <= 100
+    assert 0 <= pre.data.metrics["system/node0/cpu_utilization_percentage"] <= 100  # psutil: 0 at its first sample
     assert pre.data.metrics["system/node0/system_memory_usage_megabytes"] > 0
     png = Path(client.download_artifacts(pre.info.run_id, "pretraining.png", str(tmp_path))).read_bytes()
     assert Image.open(io.BytesIO(png)).size[0] > 400
