@@ -50,7 +50,8 @@ def runs_by_role(client: MlflowClient, experiment_id: str) -> dict[str, list]:
 
 
 def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve, tmp_path):
-    result = labelcurve("run", "study=tiny", *TINY)
+    # system metrics every second: the tiny pretraining is over before MLflow's default sample
+    result = labelcurve("run", "study=tiny", *TINY, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "pretrain epoch 2/2" in out + result.stderr
@@ -184,7 +185,10 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     assert answer.returncode == 0, answer.stderr[-3000:]
     assert "label multiplier" in answer.stdout and "labels needed" in answer.stdout
     parent_run = client.get_run(parent.info.run_id)
-    assert {"ceiling/ssl-linear", "ceiling/scratch", "label_multiplier/ssl-linear"} <= set(parent_run.data.metrics)
+    assert {"ceiling/ssl-linear", "ceiling/scratch"} <= set(parent_run.data.metrics)
+    # a finite multiplier is a metric; one past the limit (10 steps leave scratch far behind) says so
+    beyond = "beyond what these runs can tell" in answer.stdout
+    assert "label_multiplier/ssl-linear" in parent_run.data.metrics or beyond
     assert {"prediction.png", "prediction.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     planned = labelcurve("plan", "--target", "0.5", "--study", "tiny", "--cost-per-label", "0.1")
     assert planned.returncode == 0 and "label up to" in planned.stdout, planned.stderr[-3000:]
