@@ -19,7 +19,7 @@ What keeps a fit honest on data nobody tuned it on:
   which scales the bootstrap's resampled residuals and the noise of new runs in an interval
   (weighting the fit by it extrapolated worse on real curves, so the fit weighs runs alike);
 - runs that cannot differ (every seed of the linear probe on the whole pool) count once;
-- label counts beyond ``limit`` (the pool, or 10x the largest budget) are not reported as
+- label counts beyond ``limit`` (default 10x the largest budget) are not reported as
   numbers: nothing measured can tell them.
 """
 
