@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
-from cluster.tracking import TrackingError
+from cluster.tracking import StudyTracker, TrackingError
 
 HOLDER, HOST, PID, SINCE, HEARTBEAT = (
     f"labelcurve.lease.{name}" for name in ("holder", "host", "pid", "since", "heartbeat")
@@ -87,6 +87,31 @@ class Holder:
         if self.age_s() >= stale_s:
             return f"last heartbeat {self.age_s():.0f} s ago"
         return None
+
+
+def close_abandoned(
+    tracker: StudyTracker, keep: str, say: Callable[[str], None], stale_s: float = STALE_S
+) -> list[str]:
+    """Mark KILLED the study runs (and their unfinished child runs) that a driver left RUNNING when
+    it was killed, other than ``keep``; a study run held by a live driver is left alone. Without
+    this the UI shows a study of another config or of older data as running forever."""
+    closed = []
+    for run in tracker.running_studies():
+        run_id, holder = run.info.run_id, Holder.of(run.data.tags)
+        if run_id == keep:
+            continue
+        if holder is not None:
+            reason = holder.stale(stale_s)
+        else:  # a driver that just created its study run takes the lease within a second or two
+            age_s = time.time() - run.info.start_time / 1000
+            reason = f"no driver holds it, started {age_s:.0f} s ago" if age_s >= stale_s else None
+        if reason is None:
+            continue
+        for child in (*tracker.running_children(run_id), run):
+            tracker.finish(child.info.run_id, "KILLED")
+        say(f"study run {run_id} was left RUNNING by a driver that is gone ({reason}): marked KILLED")
+        closed.append(run_id)
+    return closed
 
 
 class StudyLease:

@@ -22,7 +22,7 @@ from cluster.config import StudyConfig
 from cluster.console import make_console, progress_bars
 from cluster.embeddings import StudyEmbeddings
 from cluster.journal import Journal, replay
-from cluster.lease import StudyLease
+from cluster.lease import StudyLease, close_abandoned
 from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
@@ -330,6 +330,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
     lease = StudyLease(prepared.uri, cfg.study, parent, say=console.print).take()  # before the run is written to
     journal = Journal.of(cfg.study, parent)
     try:
+        close_abandoned(tracker, parent, console.print)
         if not resumed:
             tracker.log_artifacts(parent, {"manifest.parquet": to_parquet(prepared.plan.frame)})
             if (earlier := tracker.parent_with_other_data(config_fingerprint, data.digest)) is not None:

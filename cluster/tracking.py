@@ -210,6 +210,13 @@ class StudyTracker:
                 by_key[key] = run
         return by_key
 
+    def running_studies(self) -> list:
+        """Study runs whose status is RUNNING: held by a live driver, or left by a killed one."""
+        return self._search(f"tags.`{ROLE}` = '{STUDY}'", "attributes.status = 'RUNNING'")
+
+    def running_children(self, parent_id: str) -> list:
+        return self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'", "attributes.status = 'RUNNING'")
+
     def start_child(
         self,
         parent_id: str,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from cluster.lease import HEARTBEAT, HOLDER, HOST, PID, SINCE, LeaseHeld, StudyLease
-from cluster.tracking import STUDY, StudyTracker
+from cluster.lease import HEARTBEAT, HOLDER, HOST, PID, SINCE, LeaseHeld, StudyLease, close_abandoned
+from cluster.tracking import PRETRAIN, ROLE, STUDY, StudyTracker
 from tests.conftest import free_port, mlflow_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,3 +168,26 @@ def test_two_drivers_creating_one_new_study_run_at_once_keep_the_same_one(server
     assert second.open_parent("together", "data", {}) == (created[0], False)
     parents = first._search(f"tags.`labelcurve.role` = '{STUDY}'", "tags.`labelcurve.fingerprint` = 'together'")
     assert [run.info.run_id for run in parents] == created  # the second driver's copy is deleted
+
+
+def test_study_runs_left_running_by_a_killed_driver_are_marked_killed_by_the_next_run(server):
+    tracker = StudyTracker(server, "abandoned")
+    status = lambda run_id: MlflowClient(server).get_run(run_id).info.status  # noqa: E731
+    killed = tracker.open_parent("old-data", "data-1", {})[0]  # its driver was killed mid-pretraining
+    write_lease(server, killed, "elsewhere", 4242, datetime.now(timezone.utc) - timedelta(minutes=5))
+    in_flight = tracker.start_child(killed, PRETRAIN, "pretrain", "pretrain-simclr", {})
+    elsewhere = tracker.open_parent("other-config", "data-1", {})[0]  # another driver, alive, runs it
+    write_lease(server, elsewhere, socket.gethostname(), os.getppid(), datetime.now(timezone.utc))
+    unleased = tracker.open_parent("just-created", "data-1", {})[0]  # its driver takes the lease in a moment
+    five_minutes_ago = int((time.time() - 300) * 1000)
+    old = MlflowClient(server).create_run(tracker.experiment_id, five_minutes_ago, {ROLE: STUDY}).info.run_id
+    current = tracker.open_parent("new-data", "data-2", {})[0]
+    said: list[str] = []
+
+    assert close_abandoned(tracker, current, said.append) == [old, killed]
+    gone = "was left RUNNING by a driver that is gone"
+    assert said[0].startswith(f"study run {old} {gone} (no driver holds it, started 30")
+    assert said[1].startswith(f"study run {killed} {gone} (last heartbeat 30")
+    assert all(line.endswith(" s ago): marked KILLED") for line in said)
+    assert (status(killed), status(in_flight), status(old)) == ("KILLED", "KILLED", "KILLED")
+    assert {status(run) for run in (elsewhere, unleased, current)} == {"RUNNING"}
