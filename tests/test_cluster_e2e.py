@@ -47,28 +47,14 @@ def cluster(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     ray = str(BIN / "ray")
     gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
-    server = None
+    server, nodes = None, []
     try:
         subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-        head = [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(gcs),
-            "--num-cpus",
-            "2",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard),
-            "--disable-usage-stats",
-        ]
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
-        worker = [ray, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "2"]
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        head = ["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+        nodes.append(start_node(env, root / "head.log", *head, "--disable-usage-stats"))
+        wait_for(f"http://127.0.0.1:{dashboard}/api/version", seconds=120, process=nodes[0])
+        nodes.append(start_node(env, root / "worker.log", "--address", f"127.0.0.1:{gcs}"))
+        wait_for_nodes(env, f"127.0.0.1:{gcs}", 2, nodes)
         server = subprocess.Popen(
             [
                 str(BIN / "labelcurve"),
@@ -100,7 +86,37 @@ def cluster(tmp_path_factory):
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in reversed(nodes):  # only this cluster's nodes: other Ray instances of the machine live on
+            stop_node(node)
+
+
+def start_node(env: dict, log: Path, *args: str) -> subprocess.Popen:
+    """A node whose processes live as long as this `ray start --block`: stopping it stops them."""
+    command = [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", *args]
+    with open(log, "w") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_nodes(env: dict, gcs: str, count: int, nodes: list[subprocess.Popen], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        status = subprocess.run([str(BIN / "ray"), "status", "--address", gcs], env=env, capture_output=True, text=True)
+        active = status.stdout.split("Active:")[-1].split("Pending:")[0]
+        if active.count(" node_") >= count:
+            return
+        assert all(node.poll() is None for node in nodes), "a Ray node exited while starting"
+        assert time.monotonic() < deadline, f"{count} Ray nodes did not join within {seconds} s: {status.stdout}"
+        time.sleep(1)
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    """SIGTERM: `ray start --block` shuts down the processes it started; SIGKILL if it hangs."""
+    os.killpg(node.pid, signal.SIGTERM)
+    try:
+        node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()
 
 
 def cli(cluster, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
