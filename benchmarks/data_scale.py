@@ -2,7 +2,7 @@
 
 Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each size in a fresh
 process: the time to list and split it, the peak resident memory of the driver and of the
-largest Ray worker (VmHWM of every Ray process, sampled), and the pretraining throughput of one
+largest Ray worker (VmHWM and USS of every Ray process, sampled), and the pretraining throughput of one
 epoch (small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data). The same
 run trains, at the smallest size, ``pretrain.input=local`` (each worker decodes and augments its
 own shard) and the in-memory baseline (every image decoded into one tensor, ``ray.put``, a
@@ -15,6 +15,7 @@ listing a folder of empty files (``--list-files``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10
+PATHS = ["stream", "local", "in-memory"]
 
 
 def _write(args: tuple[Path, int, int]) -> None:
@@ -65,11 +67,14 @@ def _peak_mb(pid: int) -> float:
 
 
 class WorkerPeak(threading.Thread):
-    """The largest peak resident memory of any Ray process, sampled every half second."""
+    """The largest memory of any Ray process, sampled every half second: peak resident (VmHWM,
+    which counts the object store's shared pages a process touched) and unique set size (USS:
+    the memory the process alone holds, which a longer stream does not raise unless it keeps
+    something)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak, self.stop = 0.0, threading.Event()
+        self.peak, self.uss, self.stop = 0.0, 0.0, threading.Event()
 
     def run(self) -> None:
         import psutil
@@ -78,6 +83,8 @@ class WorkerPeak(threading.Thread):
             for process in psutil.process_iter(["cmdline"]):
                 if any("ray::" in part or "default_worker.py" in part for part in process.info["cmdline"] or []):
                     self.peak = max(self.peak, _peak_mb(process.pid))
+                    with contextlib.suppress(psutil.Error):
+                        self.uss = max(self.uss, process.memory_full_info().uss / 2**20)
 
 
 def measure(folder: Path, path: str, image_size: int) -> dict:
@@ -115,6 +122,7 @@ def measure(folder: Path, path: str, image_size: int) -> dict:
         "listing_s": listing,
         "driver_peak_mb": _peak_mb(os.getpid()),
         "worker_peak_mb": watcher.peak,
+        "worker_uss_mb": watcher.uss,
         "images_per_s": rate,
     }
 
@@ -213,6 +221,13 @@ def main() -> None:
         default=32,
         help="training size; the files are 64 px (at 64 px the CNN, not the data, bounds a 2-core machine)",
     )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        default=PATHS,
+        help="the paths compared at the smallest size (the larger sizes always stream)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="stream", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +237,7 @@ def main() -> None:
     rows = []
     # the three paths side by side first, then the larger pools
     smallest = min(args.sizes)
-    runs = [(smallest, p) for p in ("stream", "local", "in-memory")]
+    runs = [(smallest, p) for p in args.paths]
     runs += [(size, "stream") for size in sorted(args.sizes) if size != smallest]
     for size, path in runs:
         folder = write_folder(args.root, size)
@@ -237,22 +252,25 @@ def main() -> None:
             sys.exit(f"size {size} failed:\n{child.stderr[-3000:]}")
         rows.append({"path": path, **json.loads(lines[0][7:])})
         print(rows[-1], flush=True)
-    print(f"\n{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'img/s':>7}")
+    header = f"{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'worker USS':>10}"
+    print(f"\n{header} {'img/s':>7}")
     for r in rows:
         print(
             f"{r['path']:<10} {r['images']:>8} {r['listing_s']:>10.1f} {r['driver_peak_mb']:>10.0f} "
-            f"{r['worker_peak_mb']:>10.0f} {r['images_per_s']:>7.0f}"
+            f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['images_per_s']:>7.0f}"
         )
     stream = [r for r in rows if r["path"] == "stream"]
-    memory = next(r for r in rows if r["path"] == "in-memory")
-    local = next(r for r in rows if r["path"] == "local")
     small, large = stream[0], stream[-1]
-    driver, worker = (large[k] / small[k] for k in ("driver_peak_mb", "worker_peak_mb"))
+    driver, worker, uss = (large[k] / small[k] for k in ("driver_peak_mb", "worker_peak_mb", "worker_uss_mb"))
     print(
-        f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; largest worker: {worker:.2f}x; "
-        f"stream vs in-memory images/s at {small['images']}: {small['images_per_s'] / memory['images_per_s']:.2f}; "
-        f"local vs in-memory: {local['images_per_s'] / memory['images_per_s']:.2f}"
+        f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; "
+        f"largest worker: {worker:.2f}x (USS {uss:.2f}x)"
     )
+    rate = {r["path"]: r["images_per_s"] for r in rows if r["images"] == small["images"]}
+    if "in-memory" in rate:
+        for path in ("stream", "local"):
+            if path in rate:
+                print(f"{path} vs in-memory images/s at {small['images']}: {rate[path] / rate['in-memory']:.2f}")
     if args.list_files:
         seconds, found = list_empty_files(args.root, args.list_files)
         print(f"listing {found} empty files in 1,000 folders: {seconds:.1f} s")

@@ -12,6 +12,7 @@ from cluster.config import load_config
 from cluster.console import make_console
 from cluster.prepare import prepare_study
 from cluster.ray_runtime import use_token_if_available
+from cluster.supervise import run_supervised, supervised
 from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
 from pretrain.errors import LabelcurveError
 
@@ -53,6 +54,8 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(path, overrides)
+        if not supervised():  # a driver that dies without a word still gets its resume line
+            sys.exit(run_supervised(["run", *args, *(["--address", address] if address else [])]))
         if cfg.ray.address:
             use_token_if_available()  # before Ray is first imported
         console = make_console()
@@ -444,3 +447,7 @@ for _old, _group, _command in [
     ("alias", "model", alias),
 ]:
     main.add_command(_moved(_command, _old, f"{_group} {_command.name}"))
+
+
+if __name__ == "__main__":  # the supervised study driver: python -m cluster.cli run ...
+    main()

@@ -4,7 +4,7 @@ Runs are found again by tags, which is what makes a study resumable: a re-run wi
 config fingerprint reopens the parent run, skips FINISHED children and reuses unfinished ones.
 
 A tracking server that stops answering costs about a minute, not MLflow's default of about four
-minutes per request: MLflow's own retries are cut to seconds (:data:`HTTP_BOUNDS`) and
+minutes per request: MLflow's own retries are cut to seconds (:data:`pretrain.run_log.HTTP_BOUNDS`) and
 :class:`PatientClient` waits out an outage for up to :data:`OUTAGE_S`, saying so once.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from requests.exceptions import RequestException
 
 from cluster.provenance import source_tags
 from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
+from pretrain.run_log import bound_http_retries
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
 N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
@@ -35,25 +35,12 @@ STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 __all__ = ["StudyTracker", "TrackingError", "check_tracking_server", "redacted", "tracking_uri"]
 
-# MLflow reads these per request; its defaults (7 retries, backoff up to 120 s, 120 s timeout)
-# keep a driver silent for about 4 minutes per call when the server is down. Values already set win.
-HTTP_BOUNDS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-}
 OUTAGE_S = 60.0  # how long a call waits for an unreachable tracking server before the driver gives up
 RETRY_EVERY_S = 5.0
 
 
 class TrackingUnreachable(TrackingError):
     """The tracking server did not answer for the whole outage wait."""
-
-
-def bound_http_retries() -> None:
-    """Cut MLflow's HTTP retries to seconds (unless set): :class:`PatientClient` does the waiting."""
-    for name, value in HTTP_BOUNDS.items():
-        os.environ.setdefault(name, value)
 
 
 def _unreachable(error: BaseException) -> bool:

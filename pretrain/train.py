@@ -41,6 +41,7 @@ from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL
 from pretrain.method_options import chosen_options
 from pretrain.methods import METHODS, build_method
+from pretrain.run_log import RunLog, bound_http_retries
 from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch
 from pretrain.views import ViewSettings, normalize
 
@@ -81,7 +82,7 @@ class _EpochReport(pl.Callback):
     def __init__(self, every: int, tracking: dict | None, knn: dict | None, batches: ShardBatches, bad: float) -> None:
         self.every, self.tracking, self.knn = every, tracking, knn
         self.batches, self.max_bad_fraction = batches, bad
-        self.client = None
+        self.run_log: RunLog | None = None
         self.started = time.perf_counter()
         self.losses: list[float] = []
         self.rates: list[float] = []  # images/s of every epoch, all workers
@@ -93,12 +94,9 @@ class _EpochReport(pl.Callback):
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if not self.tracking:
             return
-        if self.client is None:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(self.tracking["uri"])
-        for key, value in metrics.items():
-            self.client.log_metric(self.tracking["run_id"], key, value, step=step)
+        if self.run_log is None:
+            self.run_log = RunLog(self.tracking["uri"], self.tracking["run_id"])
+        self.run_log.log(metrics, step)
 
     def _knn(self, module) -> float | None:
         if not self.knn:
@@ -117,6 +115,12 @@ class _EpochReport(pl.Callback):
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self.started = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.run_log is not None and not self.run_log.flush():
+            log.warning(
+                "%d metrics of this run could not be recorded: the tracking server is away", len(self.run_log.pending)
+            )
 
     def on_train_epoch_end(self, trainer, module) -> None:
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs
@@ -223,6 +227,7 @@ def _train_worker(config: dict) -> None:
     log.setLevel(logging.INFO)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
     _quiet_report_echo()
+    bound_http_retries()  # a worker on another node does not inherit the driver's environment
     p = SimpleNamespace(**config["pretrain"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -240,3 +240,28 @@ def test_an_embedded_ray_starts_its_own_instance_beside_a_running_cluster(cluste
     assert ran.returncode == 0, ran.stderr[-2000:]
     own = ran.stdout.strip().splitlines()[-1]
     assert own and own != cluster["gcs"], (own, cluster["gcs"])
+
+
+def test_a_study_on_an_embedded_ray_beside_a_cluster_runs_with_quiet_logs(cluster, tmp_path):
+    """Ray Train's placement-group cleaner asks the state API for its controller; without an address
+    it would ask the `ray start` cluster of this machine (or fail on finding two). Output to a file
+    carries no colour codes and no error lines from Ray's internals."""
+    env = {k: v for k, v in cluster["env"].items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    overrides = ["pretrain.epochs=3", "pretrain.batch_size=64", "finetune.arms=[ssl-linear]"]
+    overrides += ["finetune.budgets=[1]", "finetune.seeds=[0]", "finetune.steps=10"]
+    log = tmp_path / "study.log"
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [str(BIN / "labelcurve"), "run", "study=beside", *overrides],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
+    output = log.read_text()
+    assert done.returncode == 0, output[-3000:]
+    assert "pretrain epoch 3/3" in output and "labels/class" in output
+    assert "\x1b[" not in output  # the table and Ray's worker prefixes, plain in a file
+    for noise in ("Found multiple active Ray instances", "PreemptionWatcher", "Traceback", "RETRY"):
+        assert noise not in output, output[-3000:]
