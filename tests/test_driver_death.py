@@ -3,6 +3,7 @@ still leaves one line with the command that resumes it, and that command resumes
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_a_driver_whose_raylet_dies_prints_the_resume_command(tmp_path):
     last = output.strip().splitlines()[-1]
     assert code not in (0, 2, 130), output[-3000:]
     assert last.startswith("labelcurve: the study driver (pid "), output[-3000:]
-    assert last.endswith(f"finished runs are recorded; resume with `labelcurve run {' '.join(args)}`")
+    assert last.endswith(f"finished runs are recorded; resume with `{shlex.join(['labelcurve', 'run', *args])}`")
 
     resumed = subprocess.run(
         [str(BIN / "labelcurve"), "run", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
