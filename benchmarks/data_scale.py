@@ -260,8 +260,10 @@ def main() -> None:
             f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['images_per_s']:>7.0f}"
         )
     stream = [r for r in rows if r["path"] == "stream"]
-    small, large = stream[0], stream[-1]
-    driver, worker, uss = (large[k] / small[k] for k in ("driver_peak_mb", "worker_peak_mb", "worker_uss_mb"))
+    small, large = (stream or rows)[0], (stream or rows)[-1]
+    driver, worker, uss = (
+        large[k] / max(small[k], 1e-9) for k in ("driver_peak_mb", "worker_peak_mb", "worker_uss_mb")
+    )
     print(
         f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; "
         f"largest worker: {worker:.2f}x (USS {uss:.2f}x)"

@@ -92,20 +92,17 @@ class Holder:
 def close_abandoned(
     tracker: StudyTracker, keep: str, say: Callable[[str], None], stale_s: float = STALE_S
 ) -> list[str]:
-    """Mark KILLED the study runs (and their unfinished child runs) that a driver left RUNNING when
-    it was killed, other than ``keep``; a study run held by a live driver is left alone. Without
-    this the UI shows a study of another config or of older data as running forever."""
+    """Mark KILLED the study runs (and their unfinished child runs) that a killed driver left
+    RUNNING, other than ``keep``. A killed driver cannot remove its lease, so only a RUNNING study
+    run with a stale lease is abandoned: one without a lease is being opened by a driver that
+    takes it in a moment. Without this the UI shows a study of another config, or of older data,
+    as running forever."""
     closed = []
     for run in tracker.running_studies():
         run_id, holder = run.info.run_id, Holder.of(run.data.tags)
-        if run_id == keep:
+        if run_id == keep or holder is None or (reason := holder.stale(stale_s)) is None:
             continue
-        if holder is not None:
-            reason = holder.stale(stale_s)
-        else:  # a driver that just created its study run takes the lease within a second or two
-            age_s = time.time() - run.info.start_time / 1000
-            reason = f"no driver holds it, started {age_s:.0f} s ago" if age_s >= stale_s else None
-        if reason is None:
+        if Holder.of(tracker.client.get_run(run_id).data.tags) != holder:  # taken over meanwhile
             continue
         for child in (*tracker.running_children(run_id), run):
             tracker.finish(child.info.run_id, "KILLED")

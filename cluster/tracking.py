@@ -22,11 +22,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from requests.exceptions import RequestException
 
 from cluster.provenance import source_tags
 from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
-from pretrain.run_log import bound_http_retries
+from pretrain.run_log import bound_http_retries, unreachable
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
 N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
@@ -41,11 +40,6 @@ RETRY_EVERY_S = 5.0
 
 class TrackingUnreachable(TrackingError):
     """The tracking server did not answer for the whole outage wait."""
-
-
-def _unreachable(error: BaseException) -> bool:
-    """A request that got no answer (refused, timed out, retries used up), not an error reply."""
-    return isinstance(error, RequestException) or isinstance(error.__cause__ or error.__context__, RequestException)
 
 
 def _warn(message: str) -> None:
@@ -77,7 +71,7 @@ class PatientClient:
             try:
                 return method(*args, **kwargs)
             except Exception as error:
-                if not _unreachable(error):
+                if not unreachable(error):
                     raise
                 now, server = time.monotonic(), redacted(self._uri)
                 if deadline is None:

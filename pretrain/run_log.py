@@ -39,6 +39,13 @@ def bound_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
+def unreachable(error: BaseException) -> bool:
+    """A request that got no answer (refused, timed out, retries used up), not an error reply."""
+    from requests.exceptions import RequestException
+
+    return isinstance(error, RequestException) or isinstance(error.__cause__ or error.__context__, RequestException)
+
+
 class RunLog:
     """Metrics of one MLflow run, sent in batches by a background thread: training never waits on
     the server, and what an outage held back is sent when it answers again."""
@@ -85,8 +92,13 @@ class RunLog:
         try:
             self.client.log_batch(self.run_id, metrics=batch)
         except (MlflowException, RequestException, OSError) as error:
+            first = str(error).splitlines()[0][:200]
+            if not unreachable(error):  # an error reply (no credentials, run deleted): no retry will help
+                self.say(f"tracking server {self.uri} refused {len(batch)} metrics ({first}): dropped")
+                with self._lock:
+                    del self.pending[: len(batch)]
+                return True
             if not self.warned:
-                first = str(error).splitlines()[0][:200]
                 self.say(f"tracking server {self.uri} did not answer ({first}): metrics kept, sent when it is back")
                 self.warned = True
             return False

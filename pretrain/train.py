@@ -116,7 +116,7 @@ class _EpochReport(pl.Callback):
     def on_train_epoch_start(self, trainer, module) -> None:
         self.started = time.perf_counter()
 
-    def on_train_end(self, trainer, module) -> None:
+    def teardown(self, trainer, module, stage: str) -> None:  # also when training raised
         if self.run_log is not None and not self.run_log.flush():
             log.warning(
                 "%d metrics of this run could not be recorded: the tracking server is away", len(self.run_log.pending)

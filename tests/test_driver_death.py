@@ -3,11 +3,13 @@ still leaves one line with the command that resumes it, and that command resumes
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,11 @@ def test_kill_of_the_command_a_user_started_stops_the_study(tmp_path):
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    deadline = time.monotonic() + 10
-    while alive(watched[0]):
-        assert time.monotonic() < deadline, "the study driver outlived the killed command"
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 10
+        while alive(watched[0]):
+            assert time.monotonic() < deadline, "the study driver outlived the killed command"
+            time.sleep(0.1)
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(watched[0], signal.SIGKILL)

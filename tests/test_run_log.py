@@ -25,7 +25,7 @@ def test_metrics_logged_while_the_server_is_away_are_sent_when_it_is_back(tmp_pa
     assert time.monotonic() - started < 1
     started = time.monotonic()
     assert not run_log.flush() and len(run_log.pending) == 3
-    assert time.monotonic() - started < 15  # one bounded request; MLflow's default retries take minutes
+    assert time.monotonic() - started < 40  # bounded requests (the background one too); MLflow's default: minutes
     (warning,) = said
     assert warning.startswith(f"tracking server {url} did not answer (")
     assert warning.endswith("): metrics kept, sent when it is back")
