@@ -33,11 +33,10 @@ def _own_instance() -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # read by the driver, passed to the controller
-    own = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray Train passes it on to its controller
     return {
         "dashboard_port": port,
-        "runtime_env": {"env_vars": {**_QUIET_WORKERS, **own}},
+        "runtime_env": {"env_vars": {**_QUIET_WORKERS, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
         "_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4},
     }
 
