@@ -2,8 +2,10 @@
 
 Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each size in a fresh
 process: the time to list and split it, the peak resident memory of the driver and of the
-largest Ray worker (VmHWM and USS of every Ray process, sampled), and the pretraining throughput of one
-epoch (small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data). The same
+largest Ray worker (VmHWM and USS of every Ray process, sampled), and the pretraining throughput
+(small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data) over the epochs
+after the first of ``--epochs`` (the steady state, as the pretraining run's ``images_per_second``)
+beside the first epoch's, which includes starting the pipeline. The same
 run trains, at the smallest size, ``pretrain.input=local`` (each worker decodes and augments its
 own shard) and the in-memory baseline (every image decoded into one tensor, ``ray.put``, a
 DataLoader per worker: the data path before the manifest). Separately, it times
@@ -87,8 +89,8 @@ class WorkerPeak(threading.Thread):
                         self.uss = max(self.uss, process.memory_full_info().uss / 2**20)
 
 
-def measure(folder: Path, path: str, image_size: int) -> dict:
-    """One size in this process: listing, then one epoch of pretraining along ``path``."""
+def measure(folder: Path, path: str, image_size: int, epochs: int) -> dict:
+    """One size in this process: listing, then ``epochs`` epochs of pretraining along ``path``."""
     from cluster.config import DataConfig, PretrainConfig
     from cluster.ray_runtime import connect
     from pretrain.data import load_data, plan_data
@@ -98,7 +100,7 @@ def measure(folder: Path, path: str, image_size: int) -> dict:
     listing = time.perf_counter() - started
     data = load_data(plan)
     settings = PretrainConfig(
-        epochs=1,
+        epochs=epochs,
         batch_size=128,
         warmup_epochs=0,
         online_knn=0,
@@ -110,11 +112,11 @@ def measure(folder: Path, path: str, image_size: int) -> dict:
     watcher = WorkerPeak()
     watcher.start()
     if path == "in-memory":
-        rate = in_memory_epoch(settings, data, image_size)
+        rates = in_memory_epochs(settings, data, image_size)
     else:
         from pretrain.train import pretrain
 
-        rate = pretrain(settings, data, name=f"scale-{time.time():.0f}").rates[0]
+        rates = pretrain(settings, data, name=f"scale-{time.time():.0f}").rates
     watcher.stop.set()
     watcher.join()
     return {
@@ -123,11 +125,12 @@ def measure(folder: Path, path: str, image_size: int) -> dict:
         "driver_peak_mb": _peak_mb(os.getpid()),
         "worker_peak_mb": watcher.peak,
         "worker_uss_mb": watcher.uss,
-        "images_per_s": rate,
+        "images_per_s": (len(rates) - 1) / sum(1 / r for r in rates[1:]),  # equal images per epoch
+        "first_epoch_images_per_s": rates[0],
     }
 
 
-def in_memory_epoch(settings: dict, data, image_size: int) -> float:
+def in_memory_epochs(settings: dict, data, image_size: int) -> list[float]:
     """The data path before the manifest: decode the pool into one tensor, ``ray.put`` it, and
     let every worker ``ray.get`` all of it into a DataLoader."""
     import ray
@@ -156,18 +159,19 @@ def in_memory_epoch(settings: dict, data, image_size: int) -> float:
             def __getitem__(self, i: int):
                 return transform(to_pil(pool[i]))
 
-        model = build_method("simclr", build_backbone("small_cnn", 3, image_size), lr=0.004, max_epochs=1)
-        clock = {}
+        epochs = config["epochs"]
+        model = build_method("simclr", build_backbone("small_cnn", 3, image_size), lr=0.004, max_epochs=epochs)
+        clock = {"seconds": []}
 
         class Clock(pl.Callback):
             def on_train_epoch_start(self, trainer, module) -> None:
                 clock["start"] = time.perf_counter()
 
             def on_train_epoch_end(self, trainer, module) -> None:
-                clock["seconds"] = time.perf_counter() - clock["start"]
+                clock["seconds"].append(time.perf_counter() - clock["start"])
 
         trainer = pl.Trainer(
-            max_epochs=1,
+            max_epochs=epochs,
             strategy=RayDDPStrategy(),
             plugins=[RayLightningEnvironment()],
             callbacks=[Clock()],
@@ -181,15 +185,15 @@ def in_memory_epoch(settings: dict, data, image_size: int) -> float:
         with tempfile.TemporaryDirectory() as folder:  # Ray Train keeps the metrics of a checkpoint only
             rank0 = ray.train.get_context().get_world_rank() == 0
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank0 else None
-            ray.train.report({"rate": len(pool) / clock["seconds"]}, checkpoint=checkpoint)
+            ray.train.report({"rates": [len(pool) / s for s in clock["seconds"]]}, checkpoint=checkpoint)
 
     trainer = TorchTrainer(
         loop,
-        train_loop_config={"images": images},
+        train_loop_config={"images": images, "epochs": settings["epochs"]},
         scaling_config=ScalingConfig(num_workers=2),
         run_config=ray.train.RunConfig(storage_path=settings["storage_path"], name=f"memory-{time.time():.0f}"),
     )
-    return trainer.fit().metrics["rate"]
+    return trainer.fit().metrics["rates"]
 
 
 def list_empty_files(root: Path, n: int) -> tuple[float, int]:
@@ -228,11 +232,12 @@ def main() -> None:
         default=PATHS,
         help="the paths compared at the smallest size (the larger sizes always stream)",
     )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (at least 2): images/s after the first")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="stream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.path, args.image_size)), flush=True)
+        print("RESULT " + json.dumps(measure(args.child, args.path, args.image_size, args.epochs)), flush=True)
         return
     rows = []
     # the three paths side by side first, then the larger pools
@@ -242,7 +247,18 @@ def main() -> None:
     for size, path in runs:
         folder = write_folder(args.root, size)
         child = subprocess.run(
-            [sys.executable, __file__, "--child", str(folder), "--path", path, "--image-size", str(args.image_size)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(folder),
+                "--path",
+                path,
+                "--image-size",
+                str(args.image_size),
+                "--epochs",
+                str(args.epochs),
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -253,11 +269,12 @@ def main() -> None:
         rows.append({"path": path, **json.loads(lines[0][7:])})
         print(rows[-1], flush=True)
     header = f"{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'worker USS':>10}"
-    print(f"\n{header} {'img/s':>7}")
+    print(f"\n{header} {'img/s':>7} {'1st epoch':>9}")
     for r in rows:
         print(
             f"{r['path']:<10} {r['images']:>8} {r['listing_s']:>10.1f} {r['driver_peak_mb']:>10.0f} "
-            f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['images_per_s']:>7.0f}"
+            f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['images_per_s']:>7.0f} "
+            f"{r['first_epoch_images_per_s']:>9.0f}"
         )
     stream = [r for r in rows if r["path"] == "stream"]
     small, large = (stream or rows)[0], (stream or rows)[-1]

@@ -6,8 +6,9 @@ workers (``streaming_split(equal=True)``: every row goes to exactly one rank). O
 covers all epochs, so the pipeline stays full across epoch boundaries instead of draining and
 starting again every epoch (on a small pool that restart cost more than the augmentations).
 Each image's augmentation is drawn from (seed, epoch, row): new draws every epoch and on every
-rank, reproducibly. Decoding and augmentation run in Ray Data read tasks, on any CPU of the
-cluster, never in the training process; no process holds the pool.
+rank, reproducibly. A run resumed from a checkpoint streams only its remaining epochs, with the
+orders and draws an uninterrupted run would have had. Decoding and augmentation run in Ray Data
+read tasks, on any CPU of the cluster, never in the training process; no process holds the pool.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from ray.data.datasource import Datasource, ReadTask
 from pretrain.images import ImageSource
 from pretrain.views import to_pil
 
-ROWS_PER_TASK = 1000  # images a read task decodes and augments, until an epoch has
-MAX_TASKS_PER_EPOCH = 64  # read tasks: larger pools get larger tasks, so a long run plans few
+ROWS_PER_TASK = 250  # images a read task decodes and augments: small, so the stream fills fast
+MAX_TASKS_PER_EPOCH = 64  # read tasks: larger pools get larger tasks
+MAX_TASKS = 4096  # in a whole run: Ray Data warns about plans of 5,000 read tasks and more
 VIEW_BATCH = 32  # images per block a read task yields
 
 
@@ -74,14 +76,19 @@ class ViewStream(Datasource):
 
     A read task draws its epoch's permutation itself, takes its slice, and decodes and augments
     it: no all-to-all shuffle, no second stage. The items live once in the object store as an
-    Arrow array that every task maps without copying. A re-execution (a restarted worker group)
-    continues with the next ``epochs`` epochs' orders.
+    Arrow array that every task maps without copying. The epochs are ``first_epoch`` onwards (a
+    resumed run); a re-execution (a worker group restarted within one fit) continues with the
+    orders of the epochs after them.
     """
 
-    def __init__(self, items: list[str], source: ImageSource, transform, seed: int, epochs: int) -> None:
+    def __init__(
+        self, items: list[str], source: ImageSource, transform, seed: int, epochs: int, first_epoch: int = 0
+    ) -> None:
         self.items, self.n = ray.put(pa.array(items, pa.string())), len(items)
         self.source, self.transform, self.seed, self.epochs = source, transform, seed, epochs
-        tasks = min(math.ceil(self.n / ROWS_PER_TASK), MAX_TASKS_PER_EPOCH)
+        self.first_epoch = first_epoch
+        tasks = min(math.ceil(self.n / ROWS_PER_TASK), MAX_TASKS_PER_EPOCH, max(1, MAX_TASKS // epochs))
+        self.num_tasks = tasks * epochs
         self.bounds = [self.n * i // tasks for i in range(tasks + 1)]
         with torch.random.fork_rng(devices=[]):
             views = blank_views(source, transform)  # their size, for Ray Data's memory budget
@@ -95,11 +102,11 @@ class ViewStream(Datasource):
         return [self._task(k, lo, hi) for k, (lo, hi) in itertools.product(range(self.epochs), spans)]
 
     def _task(self, k: int, lo: int, hi: int) -> ReadTask:
-        items, n, seed, epochs = self.items, self.n, self.seed, self.epochs
+        items, n, seed, epochs, first = self.items, self.n, self.seed, self.epochs, self.first_epoch
         source, transform = self.source, self.transform
 
         def read() -> Iterator[pa.Table]:
-            epoch = DataContext.get_current()._execution_idx * epochs + k
+            epoch = first + DataContext.get_current()._execution_idx * epochs + k
             rows = np.random.default_rng([seed, epoch]).permutation(n)[lo:hi]
             names = ray.get(items).take(rows).to_numpy(zero_copy_only=False)
             for i in range(0, len(rows), VIEW_BATCH):
@@ -112,13 +119,22 @@ class ViewStream(Datasource):
 
 
 def pretraining_dataset(
-    items: list[str], source: ImageSource, transform, seed: int, epochs: int, cpus_per_task: float = 0.5
+    items: list[str],
+    source: ImageSource,
+    transform,
+    seed: int,
+    epochs: int,
+    cpus_per_task: float = 0.5,
+    first_epoch: int = 0,
 ) -> ray.data.Dataset:
-    """The stream a pretraining run consumes: ``epochs`` epochs of views, decoded and augmented
-    in Ray Data tasks of ``cpus_per_task`` CPUs each. Ray Data's own progress bars stay off: the
-    training side prints a line per epoch."""
+    """The stream a pretraining run consumes: its epochs from ``first_epoch`` to ``epochs``, decoded
+    and augmented in Ray Data tasks of ``cpus_per_task`` CPUs each. Ray Data's own progress bars
+    stay off: the training side prints a line per epoch."""
     DataContext.get_current().enable_progress_bars = False
-    return ray.data.read_datasource(ViewStream(items, source, transform, seed, epochs), num_cpus=cpus_per_task)
+    stream = ViewStream(items, source, transform, seed, max(1, epochs - first_epoch), first_epoch)
+    # as many blocks as read tasks: to reach its default of 200 blocks Ray Data would cut every
+    # block a task yields into pieces of a row or two, and pay its per-block cost on each
+    return ray.data.read_datasource(stream, num_cpus=cpus_per_task, override_num_blocks=stream.num_tasks)
 
 
 def steps_per_epoch(n: int, world: int, batch_size: int, epochs: int) -> list[int]:
@@ -131,7 +147,8 @@ def steps_per_epoch(n: int, world: int, batch_size: int, epochs: int) -> list[in
 
 
 class ShardBatches:
-    """The iterable Lightning trains on: this rank's shard, ``steps[epoch]`` batches per epoch.
+    """The iterable Lightning trains on: this rank's shard, ``steps[k]`` batches in training epoch
+    ``first_epoch + k`` (a resumed run starts at a later epoch; set :attr:`epoch` to it).
 
     One iterator over the shard lives across epochs, so the next epoch's views are already on
     their way while this one ends. Yields the list of view
@@ -139,9 +156,9 @@ class ShardBatches:
     first few items in ``bad_items``) and replaced by readable rows of their batch.
     """
 
-    def __init__(self, shard, batch_size: int, steps: list[int]) -> None:
-        self.shard, self.batch_size, self.steps = shard, batch_size, steps
-        self.epoch = 0  # epochs started by this process
+    def __init__(self, shard, batch_size: int, steps: list[int], first_epoch: int = 0) -> None:
+        self.shard, self.batch_size, self.steps, self.first_epoch = shard, batch_size, steps, first_epoch
+        self.epoch = first_epoch  # the training epoch the next iteration is
         self.seen: list[np.ndarray] = []  # (epoch, row) pairs of the current epoch, for audits and tests
         self.images = 0  # rows of the current epoch, readable or not
         self.bad, self.bad_items = 0, []
@@ -164,7 +181,7 @@ class ShardBatches:
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         self.seen, self.images = [], 0
-        steps = self.steps[min(self.epoch, len(self.steps) - 1)]
+        steps = self.steps[min(self.epoch - self.first_epoch, len(self.steps) - 1)]
         self.epoch += 1
         for _ in range(steps):
             batch = self._next()
@@ -202,10 +219,12 @@ class LocalBatches(ShardBatches):
     The same epochs as :class:`ViewStream` (a permutation per (seed, epoch), each image's draws
     from (seed, epoch, row)); rank ``r`` of ``w`` takes every ``w``-th position of the run's
     sequence of permutations, starting at ``r``, so each image goes to exactly one rank per epoch
-    without a split coordinator, and every rank has the steps of :func:`steps_per_epoch`. What
-    it decodes is kept: the rank sees the whole pool over a few epochs. On a pool of a few
-    thousand images this is what keeps small studies fast: a Ray Data execution and its
-    coordinating actors cost more CPU than the augmentations themselves.
+    without a split coordinator, and every rank has the steps of :func:`steps_per_epoch`. A run
+    resumed after ``first_epoch`` epochs skips the rows of those epochs' steps without decoding
+    them, so it trains on what an uninterrupted run would have. What it decodes is kept: the rank
+    sees the whole pool over a few epochs. On a pool of a few thousand images this is what keeps
+    small studies fast: a Ray Data execution and its coordinating actors cost more CPU than the
+    augmentations themselves.
     """
 
     def __init__(
@@ -218,13 +237,16 @@ class LocalBatches(ShardBatches):
         world: int,
         batch_size: int,
         epochs: int,
+        first_epoch: int = 0,
     ) -> None:
         self.items, self.source, self.transform = np.array(items, dtype=object), CachedSource(source), transform
         self.seed, self.rank, self.world = seed, rank, world
         super().__init__(None, batch_size, steps_per_epoch(len(items), world, batch_size, epochs))
+        self.epoch = first_epoch
+        self.skip = sum(self.steps[:first_epoch])  # batches of the epochs a resumed run has trained
 
     def _stream(self) -> Iterator[dict[str, np.ndarray]]:
-        n = len(self.items)
+        n, skip = len(self.items), self.skip
         pending = {"epoch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
         for epoch in itertools.count():
             # the run is one sequence of permutations; this rank takes every world-th position of it
@@ -238,5 +260,8 @@ class LocalBatches(ShardBatches):
             while len(pending["row"]) >= self.batch_size:
                 part = {k: v[: self.batch_size] for k, v in pending.items()}
                 pending = {k: v[self.batch_size :] for k, v in pending.items()}
+                if skip:
+                    skip -= 1
+                    continue
                 part["item"] = self.items[part["row"]]
                 yield make_views(part, self.source, self.transform, self.seed)

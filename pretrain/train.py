@@ -233,12 +233,20 @@ def _train_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     _record_placement(rank, config.get("tracking"))
     batch = config["batch_size"]
+    resume = ray.train.get_checkpoint()
+    state = None
+    if resume is not None:
+        with resume.as_directory() as folder:
+            state = torch.load(Path(folder, LIGHTNING_CKPT), map_location="cpu", weights_only=True)
+    done = state["epoch"] + 1 if state else 0  # epochs trained before: the data goes on from there
     if config["input"] == "local":
         items, source, transform = ray.get(config["local"])
-        batches = LocalBatches(items, source, transform, config["seed"], rank, world, batch, p.epochs)
-    else:
-        steps = steps_per_epoch(config["n_images"], world, batch, p.epochs)
-        batches = ShardBatches(ray.train.get_dataset_shard("train"), batch, steps)
+        batches = LocalBatches(items, source, transform, config["seed"], rank, world, batch, p.epochs, done)
+    else:  # the driver's stream starts at the epoch it found checkpointed; a restarted group may be further
+        first = config["first_epoch"]
+        steps = steps_per_epoch(config["n_images"], world, batch, max(1, p.epochs - first))
+        batches = ShardBatches(ray.train.get_dataset_shard("train"), batch, steps, first)
+        batches.epoch = max(done, first)
     pl.seed_everything(config["seed"], verbose=False)  # the same init and PL_GLOBAL_SEED on every rank
     model = build_method(
         p.method,
@@ -271,18 +279,26 @@ def _train_worker(config: dict) -> None:
     )
     if world > 1:
         trainer = prepare_trainer(trainer)
-    resume = ray.train.get_checkpoint()
     if resume is None:
         with _system_metrics(config.get("tracking"), context):
             trainer.fit(model, batches)
         return
     with resume.as_directory() as folder, _system_metrics(config.get("tracking"), context):
-        state = torch.load(Path(folder, LIGHTNING_CKPT), map_location="cpu", weights_only=True)
-        if state["epoch"] + 1 >= p.epochs:  # finished before: hand the same checkpoint back
+        if done >= p.epochs:  # finished before: hand the same checkpoint back
             checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
             ray.train.report({"epoch": p.epochs}, checkpoint=checkpoint)
             return
         trainer.fit(model, batches, ckpt_path=str(Path(folder, LIGHTNING_CKPT)), weights_only=True)
+
+
+def epochs_checkpointed(storage: str, name: str) -> int:
+    """Epochs an earlier invocation of run ``name`` trained and checkpointed (0 for a new run):
+    Ray Train resumes the workers from that checkpoint, and the stream starts after those epochs."""
+    try:
+        result = ray.train.Result.from_path(f"{storage.rstrip('/')}/{name}")
+    except (RuntimeError, OSError):  # no earlier run of that name
+        return 0
+    return int((result.metrics or {}).get("epoch", 0)) if result.checkpoint else 0
 
 
 def knn_subset(data: StudyData, size: int, seed: int = 0) -> dict | None:
@@ -391,9 +407,10 @@ def pretrain(
     views = ViewSettings.from_config(p, data.image_size, data.mean, data.std)
     transform = METHODS[p.method].transform(views, chosen_options(p.method, p.options))
     datasets = {}
-    if mode == "stream":
-        datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus)
     storage = p.storage_path if "://" in p.storage_path else str(Path(p.storage_path).resolve())
+    first = epochs_checkpointed(storage, name) if mode == "stream" else 0
+    if mode == "stream":
+        datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus, first)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
@@ -409,6 +426,7 @@ def pretrain(
             "knn": ray.put(knn) if knn else None,
             "max_bad": max_bad_fraction,
             "input": mode,
+            "first_epoch": first,
             "local": ray.put((items, data.source, transform)) if mode == "local" else None,
         },
         datasets=datasets,

@@ -4,6 +4,7 @@ new order and new augmentations every epoch, reproducible from the seed."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,60 @@ def test_local_shards_see_every_image_exactly_once_per_epoch(digits):
     _assert_each_image_once_per_epoch(ranks, len(items), steps)
     first, again = (LocalBatches(items, data.source, transform, 0, 0, WORKERS, BATCH, EPOCHS) for _ in range(2))
     assert np.array_equal(next(iter(first))[0], next(iter(again))[0])  # reproducible from the seed
+
+
+def test_a_resumed_local_shard_trains_on_what_an_uninterrupted_run_would(digits):
+    data, transform = digits
+    items = data.pretraining_items
+    whole = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS)
+    uninterrupted = []
+    for _ in range(EPOCHS):
+        views = [v[0] for v in whole]
+        uninterrupted.append((np.concatenate(whole.seen), torch.cat(views)))
+    resumed = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS, first_epoch=1)
+    for epoch in range(1, EPOCHS):
+        views = [v[0] for v in resumed]
+        assert np.array_equal(np.concatenate(resumed.seen), uninterrupted[epoch][0])  # same rows, same order
+        assert torch.equal(torch.cat(views), uninterrupted[epoch][1])  # same draws
+    assert resumed.epoch == EPOCHS
+
+
+@pytest.mark.slow
+def test_a_resumed_stream_holds_the_remaining_epochs_with_their_own_orders_and_draws(digits, tmp_path):
+    from pretrain.train import epochs_checkpointed
+
+    data, transform = digits
+    items, n = data.pretraining_items, len(data.pretraining_items)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stream = pretraining_dataset(items, data.source, transform, seed=0, epochs=EPOCHS, first_epoch=1)
+        rows = list(stream.iter_rows())
+        assert epochs_checkpointed(str(tmp_path), "never-ran") == 0
+
+        def two_epochs(config: dict) -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                for epoch in (1, 2):
+                    ray.train.report({"epoch": epoch}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+        run = ray.train.RunConfig(storage_path=str(tmp_path), name="ran")
+        TorchTrainer(two_epochs, scaling_config=ScalingConfig(num_workers=1), run_config=run).fit()
+        assert epochs_checkpointed(str(tmp_path), "ran") == 2
+    finally:
+        ray.shutdown()
+    by_epoch = {e: sorted(r["row"] for r in rows if r["epoch"] == e) for e in range(EPOCHS)}
+    assert by_epoch == {0: [], 1: list(range(n)), 2: list(range(n))}  # the remaining epochs, every image once
+    picked = [r for r in rows if r["epoch"] == 2][:4]
+    again = make_views(
+        {
+            "epoch": np.full(4, 2),
+            "row": np.array([r["row"] for r in picked]),
+            "item": np.array([items[r["row"]] for r in picked], dtype=object),
+        },
+        data.source,
+        transform,
+        seed=0,
+    )
+    assert all(np.array_equal(r["view0"], v) for r, v in zip(picked, again["view0"], strict=True))
 
 
 def test_local_ranks_share_an_odd_pool_evenly_over_a_long_run(digits):
