@@ -161,6 +161,7 @@ class ShardBatches:
         self.epoch = first_epoch  # the training epoch the next iteration is
         self.seen: list[np.ndarray] = []  # (epoch, row) pairs of the current epoch, for audits and tests
         self.images = 0  # rows of the current epoch, readable or not
+        self.planned = 0
         self.bad, self.bad_items = 0, []
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
 
@@ -182,6 +183,7 @@ class ShardBatches:
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         self.seen, self.images = [], 0
         steps = self.steps[min(self.epoch - self.first_epoch, len(self.steps) - 1)]
+        self.planned = steps * self.batch_size  # rows of this epoch, for progress lines
         self.epoch += 1
         for _ in range(steps):
             batch = self._next()

@@ -48,6 +48,7 @@ from pretrain.views import ViewSettings, normalize
 log = logging.getLogger("labelcurve.pretrain")
 
 LIGHTNING_CKPT = "checkpoint.ckpt"
+PROGRESS_EVERY_S = 60.0  # seconds between progress lines within an epoch
 LOCAL_MAX_IMAGES = 20_000  # pretrain.input=auto: pools up to this size are read by the workers themselves
 LOCAL_MAX_BYTES = 1 << 30  # ... if their decoded copy, kept by each worker, fits in this
 BACKBONE_FILE = "backbone.safetensors"
@@ -114,7 +115,24 @@ class _EpochReport(pl.Callback):
             self._log({"online_knn/accuracy": accuracy}, 0)
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        """A line a minute within an epoch: on a pool of real size one epoch takes many minutes."""
+        now = time.perf_counter()
+        if trainer.global_rank != 0 or now - self.last_line < PROGRESS_EVERY_S:
+            return
+        self.last_line = now
+        done, planned = self.batches.images * trainer.world_size, self.batches.planned * trainer.world_size
+        log.info(
+            "pretrain epoch %d/%d  %d/%d images (%.0f%%)  %.0f img/s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            done,
+            planned,
+            100 * done / max(planned, 1),
+            done / (now - self.started),
+        )
 
     def teardown(self, trainer, module, stage: str) -> None:  # also when training raised
         if self.run_log is not None and not self.run_log.flush():

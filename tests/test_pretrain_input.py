@@ -3,6 +3,10 @@ streamed, and too many files that fail mid-epoch stop the run with their names."
 
 from __future__ import annotations
 
+import logging
+import time
+from types import SimpleNamespace
+
 import pytest
 import ray
 
@@ -10,7 +14,9 @@ from cluster.config import DataConfig, PretrainConfig
 from pretrain.data import load_data, plan_data
 from pretrain.train import (
     LOCAL_MAX_IMAGES,
+    PROGRESS_EVERY_S,
     TooManyBadImages,
+    _EpochReport,
     effective_batch_size,
     input_mode,
     pace,
@@ -18,6 +24,19 @@ from pretrain.train import (
     scaled_lr,
 )
 from tests.conftest import write_image_folder
+
+
+def test_a_long_epoch_prints_a_progress_line_a_minute_on_rank_0(caplog):
+    batches = SimpleNamespace(images=640, planned=1280)  # this rank: half of its epoch done
+    report = _EpochReport(1, None, None, batches, 0.01)
+    report.started, report.last_line = time.perf_counter() - 128, time.perf_counter() - PROGRESS_EVERY_S - 1
+    trainer = SimpleNamespace(global_rank=0, world_size=2, current_epoch=0, max_epochs=3)
+    with caplog.at_level(logging.INFO, logger="labelcurve.pretrain"):
+        report.on_train_batch_end(trainer, None, None, None, 0)
+        report.on_train_batch_end(trainer, None, None, None, 1)  # a moment later: no second line
+        report.last_line -= PROGRESS_EVERY_S
+        report.on_train_batch_end(SimpleNamespace(**{**vars(trainer), "global_rank": 1}), None, None, None, 2)
+    assert [r.getMessage() for r in caplog.records] == ["pretrain epoch 1/3  1280/2560 images (50%)  10 img/s"]
 
 
 def test_auto_reads_small_pools_locally_and_streams_large_ones():
