@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pretrain.manifest import POOL, TEST
 FOLDER = "embeddings"
 
 Features = tuple[np.ndarray, np.ndarray]  # (labeled pool, test split), rows in manifest order
+Progress = Callable[[str, int, int], None]  # (step, images done now, images in all)
 
 
 def features_key(backbone: torch.nn.Module, mean, std, items: list[str]) -> str:
@@ -41,8 +43,8 @@ def features_key(backbone: torch.nn.Module, mean, std, items: list[str]) -> str:
 class StudyEmbeddings:
     """Pool and test features per backbone, memoized and kept with the study run ``parent``."""
 
-    def __init__(self, tracker: StudyTracker, parent: str, data: StudyData) -> None:
-        self.tracker, self.parent, self.data = tracker, parent, data
+    def __init__(self, tracker: StudyTracker, parent: str, data: StudyData, progress: Progress | None = None) -> None:
+        self.tracker, self.parent, self.data, self.progress = tracker, parent, data, progress
         self.memo: dict[str, Features] = {}
         self.reused = 0  # feature sets read back from the study run instead of computed
 
@@ -66,8 +68,14 @@ class StudyEmbeddings:
             return f["pool"], f["test"]
 
     def _compute(self, key: str, backbone, mean, std, pool: list[str], test: list[str]) -> Features:
-        source = self.data.source
-        features = embed_items(backbone, source, pool, mean, std), embed_items(backbone, source, test, mean, std)
+        source, say = self.data.source, self.progress
+
+        def embedded(items: list[str], split: str) -> np.ndarray:
+            heard = (lambda n, total: say(f"embedding {name} {split}", n, total)) if say else None
+            return embed_items(backbone, source, items, mean, std, progress=heard)
+
+        name = key.rsplit("-", 1)[0]
+        features = embedded(pool, "pool"), embedded(test, "test")
         buffer = io.BytesIO()
         np.savez(buffer, pool=features[0], test=features[1])
         with tempfile.TemporaryDirectory() as folder:

@@ -204,37 +204,38 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> tu
     needed = {arm.start for arm in arms}
     probed = {arm.start for arm in arms if arm.head == LINEAR}
     starts, tags, options = {}, {}, _options(cfg, data)
-    embeddings = StudyEmbeddings(tracker, parent, data)
+    with progress_bars(console, "", transient=True) as advance:  # embedding a large pool takes minutes
+        embeddings = StudyEmbeddings(tracker, parent, data, advance)
 
-    def embed(start: str, name: str, mean, std):
-        return (lambda backbone: embeddings.features(name, backbone, mean, std)) if start in probed else None
+        def embed(start: str, name: str, mean, std):
+            return (lambda backbone: embeddings.features(name, backbone, mean, std)) if start in probed else None
 
-    repeats = cfg.pretrain.repeats
-    for repeat in sorted({spec.seed % repeats for spec in todo if BY_NAME[spec.arm].start == SSL}):
-        key = start_key(SSL, repeat, repeats)
-        state, tags[key] = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console, repeat)
-        starts[key] = make_start(
-            data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, key, data.mean, data.std)
-        )
-    if SCRATCH_START in needed:
-        starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std)
-    if TRANSFER in needed:
-        state, card = prepared.transfer
-        init = prepared.init or ""
-        tags[TRANSFER] = _start_tags(card.run_id or None, init if init.startswith("models:/") else None)
-        starts[TRANSFER] = make_start(
-            data,
-            card.backbone,
-            card.options,
-            state,
-            card.mean,
-            card.std,
-            embed(TRANSFER, TRANSFER, card.mean, card.std),
-        )
-    if embeddings.reused:
-        console.print(
-            f"embeddings: {embeddings.reused} feature sets of the pool and test split read back from the study run"
-        )
+        repeats = cfg.pretrain.repeats
+        for repeat in sorted({spec.seed % repeats for spec in todo if BY_NAME[spec.arm].start == SSL}):
+            key = start_key(SSL, repeat, repeats)
+            state, tags[key] = _pretrained_backbone(cfg, data, tracker, parent, embeddings, console, repeat)
+            starts[key] = make_start(
+                data, cfg.pretrain.backbone, options, state, data.mean, data.std, embed(SSL, key, data.mean, data.std)
+            )
+        if SCRATCH_START in needed:
+            starts[SCRATCH_START] = make_start(data, cfg.pretrain.backbone, options, None, data.mean, data.std)
+        if TRANSFER in needed:
+            state, card = prepared.transfer
+            init = prepared.init or ""
+            tags[TRANSFER] = _start_tags(card.run_id or None, init if init.startswith("models:/") else None)
+            starts[TRANSFER] = make_start(
+                data,
+                card.backbone,
+                card.options,
+                state,
+                card.mean,
+                card.std,
+                embed(TRANSFER, TRANSFER, card.mean, card.std),
+            )
+        if embeddings.reused:
+            console.print(
+                f"embeddings: {embeddings.reused} feature sets of the pool and test split read back from the study run"
+            )
     return starts, tags
 
 

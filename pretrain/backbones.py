@@ -141,9 +141,18 @@ def embed(backbone: nn.Module, images: torch.Tensor, batch_size: int = 512) -> n
     return torch.cat([backbone(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)]).numpy()
 
 
-def embed_items(backbone: nn.Module, source, items: list[str], mean, std, batch_size: int = 512) -> np.ndarray:
+def embed_items(
+    backbone: nn.Module,
+    source,
+    items: list[str],
+    mean,
+    std,
+    batch_size: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Features of image ``items`` by batched inference: decoded, normalized and embedded one
-    batch at a time, so memory holds one batch of images, never the set."""
+    batch at a time, so memory holds one batch of images, never the set. ``progress(n, total)``
+    hears of every batch (minutes on a large pool)."""
     from pretrain.views import normalize
 
     features = []
@@ -152,4 +161,6 @@ def embed_items(backbone: nn.Module, source, items: list[str], mean, std, batch_
         if not ok.all():
             raise OSError(f"image {items[start + int(np.argmin(ok))]} can no longer be decoded: restore it and re-run")
         features.append(embed(backbone, normalize(images, mean, std), batch_size))
+        if progress:
+            progress(len(ok), len(items))
     return np.concatenate(features) if features else np.zeros((0, backbone.feature_dim), np.float32)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: what a broken, truncated, hostile or oversized file raises while it is opened or decoded
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+#: threads that read and decode files at once (:meth:`ImageSource.read_many`)
+READ_THREADS = min(8, 2 * (os.cpu_count() or 1))
 
 #: PIL modes whose samples are not 8 bits: scaled by the image's own range, not clipped at 255
 WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
@@ -61,10 +66,18 @@ class ImageSource:
         return resize(_channels(array, self.channels), self.image_size)
 
     def read_many(self, items: list[str]) -> tuple[torch.Tensor, np.ndarray]:
-        """A uint8 ``N x C x H x W`` batch of the readable ``items``, and the mask of which were."""
+        """A uint8 ``N x C x H x W`` batch of the readable ``items``, and the mask of which were.
+
+        Files are read by a few threads: PIL releases the GIL while it decodes, and a folder that
+        is not in the page cache (a shared filesystem, a pool larger than memory) is bound by
+        the latency of each read, not by the CPU."""
         import torch
 
-        arrays = [self.read(item) for item in items]
+        if len(items) > 1:
+            with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+                arrays = list(pool.map(self.read, items, chunksize=16))
+        else:
+            arrays = [self.read(item) for item in items]
         ok = np.array([a is not None for a in arrays], dtype=bool)
         kept = [torch.from_numpy(a) for a in arrays if a is not None]
         shape = (0, self.channels, self.image_size, self.image_size)

@@ -89,3 +89,16 @@ def test_every_arm_of_a_seed_trains_on_the_same_subset(digits, monkeypatch):
     for runs in seen.values():
         assert len(runs) == 3 and runs[0] == runs[1] == runs[2]
     assert seen["2/0"][0] != seen["2/1"][0]  # another seed, another subset
+
+
+def test_batched_embeddings_match_one_batch_and_report_progress(digits):
+    torch.manual_seed(0)
+    backbone = build_backbone("small_cnn", 1, digits.image_size)
+    items = digits.items(POOL)[:300]
+    heard: list[tuple[int, int]] = []
+    batched = embed_items(
+        backbone, digits.source, items, digits.mean, digits.std, 128, lambda n, t: heard.append((n, t))
+    )
+    whole = embed_items(backbone, digits.source, items, digits.mean, digits.std, 512)
+    assert np.allclose(batched, whole, atol=1e-5)  # threads and batches change nothing
+    assert heard == [(128, 300), (128, 300), (44, 300)]
