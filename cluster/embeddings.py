@@ -53,7 +53,7 @@ class StudyEmbeddings:
         pool, test = self.data.items(POOL), self.data.items(TEST)
         key = f"{name}-{features_key(backbone, mean, std, pool + test)}"
         if key not in self.memo:
-            self.memo[key] = self._recorded(key) or self._compute(key, backbone, mean, std, pool, test)
+            self.memo[key] = self._recorded(key) or self._compute(key, name, backbone, mean, std, pool, test)
         return self.memo[key]
 
     def _recorded(self, key: str) -> Features | None:
@@ -67,14 +67,13 @@ class StudyEmbeddings:
             self.reused += 1
             return f["pool"], f["test"]
 
-    def _compute(self, key: str, backbone, mean, std, pool: list[str], test: list[str]) -> Features:
+    def _compute(self, key: str, name: str, backbone, mean, std, pool: list[str], test: list[str]) -> Features:
         source, say = self.data.source, self.progress
 
         def embedded(items: list[str], split: str) -> np.ndarray:
             heard = (lambda n, total: say(f"embedding {name} {split}", n, total)) if say else None
             return embed_items(backbone, source, items, mean, std, progress=heard)
 
-        name = key.rsplit("-", 1)[0]
         features = embedded(pool, "pool"), embedded(test, "test")
         buffer = io.BytesIO()
         np.savez(buffer, pool=features[0], test=features[1])

@@ -24,7 +24,7 @@ import pandas as pd
 from pyarrow import fs
 
 from pretrain.errors import LabelcurveError
-from pretrain.images import ImageSource
+from pretrain.images import READ_THREADS, ImageSource
 from pretrain.manifest import POOL, TEST, UNLABELED, ListingError, Location, digest, relative
 
 log = logging.getLogger(__name__)
@@ -461,7 +461,7 @@ def _read_all(source: ImageSource, items: list[str], progress: Progress | None, 
         return True, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest() if hashes else "", stats
 
     results = []
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for i, result in enumerate(pool.map(one, items, chunksize=64)):
             results.append(result)
             if progress and (i + 1) % 256 == 0:
