@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cluster.tracking import StudyTracker
-from pretrain.backbones import embed_items
+from pretrain.backbones import embed_items_with
 from pretrain.data import StudyData
 from pretrain.manifest import POOL, TEST
 
@@ -45,39 +45,58 @@ class StudyEmbeddings:
 
     def __init__(self, tracker: StudyTracker, parent: str, data: StudyData, progress: Progress | None = None) -> None:
         self.tracker, self.parent, self.data, self.progress = tracker, parent, data, progress
-        self.memo: dict[str, Features] = {}
+        self.memo: dict[str, Features] = {}  # by features_key: the same weights under two names embed once
         self.reused = 0  # feature sets read back from the study run instead of computed
 
     def features(self, name: str, backbone: torch.nn.Module, mean, std) -> Features:
         """The features of ``backbone`` (``name`` only makes the artifact readable: ssl, transfer...)."""
-        pool, test = self.data.items(POOL), self.data.items(TEST)
-        key = f"{name}-{features_key(backbone, mean, std, pool + test)}"
-        if key not in self.memo:
-            self.memo[key] = self._recorded(key) or self._compute(key, name, backbone, mean, std, pool, test)
-        return self.memo[key]
+        return self.compute({name: backbone}, mean, std)[name]
 
-    def _recorded(self, key: str) -> Features | None:
-        artifact = f"{FOLDER}/{key}.npz"
-        if artifact not in {a.path for a in self.tracker.client.list_artifacts(self.parent, FOLDER)}:
-            return None
+    def compute(self, backbones: dict[str, torch.nn.Module], mean, std) -> dict[str, Features]:
+        """The features of several backbones that share a normalization, by name. Those neither
+        memoized nor kept with the study run are computed in one pass over the images: on a large
+        pool reading the files is what takes the time."""
+        pool, test = self.data.items(POOL), self.data.items(TEST)
+        keys = {name: features_key(backbone, mean, std, pool + test) for name, backbone in backbones.items()}
+        wanted = {key: name for name, key in keys.items() if key not in self.memo}
+        if wanted:
+            kept = self._kept()
+            for key in [key for key in wanted if key in kept]:
+                self.memo[key] = self._read(kept[key])
+                self.reused += 1
+                del wanted[key]
+        if wanted:
+            self.memo.update(self._compute(wanted, backbones, mean, std, pool, test))
+        return {name: self.memo[key] for name, key in keys.items()}
+
+    def _kept(self) -> dict[str, str]:
+        """The feature sets logged on the study run: features_key -> artifact path."""
+        artifacts = self.tracker.client.list_artifacts(self.parent, FOLDER)
+        return {Path(a.path).stem.rsplit("-", 1)[-1]: a.path for a in artifacts if a.path.endswith(".npz")}
+
+    def _read(self, artifact: str) -> Features:
         with (
             tempfile.TemporaryDirectory() as folder,
             np.load(self.tracker.download(self.parent, artifact, folder)) as f,
         ):
-            self.reused += 1
             return f["pool"], f["test"]
 
-    def _compute(self, key: str, name: str, backbone, mean, std, pool: list[str], test: list[str]) -> Features:
-        source, say = self.data.source, self.progress
+    def _compute(
+        self, wanted: dict[str, str], backbones: dict, mean, std, pool: list[str], test: list[str]
+    ) -> dict[str, Features]:
+        """Features of the backbones named in ``wanted`` (features_key -> name), logged on the run."""
+        models = [backbones[name] for name in wanted.values()]
+        source, say, title = self.data.source, self.progress, ", ".join(wanted.values())
 
-        def embedded(items: list[str], split: str) -> np.ndarray:
-            heard = (lambda n, total: say(f"embedding {name} {split}", n, total)) if say else None
-            return embed_items(backbone, source, items, mean, std, progress=heard)
+        def embedded(items: list[str], split: str) -> list[np.ndarray]:
+            heard = (lambda n, total: say(f"embedding {title} {split}", n, total)) if say else None
+            return embed_items_with(models, source, items, mean, std, progress=heard)
 
-        features = embedded(pool, "pool"), embedded(test, "test")
-        buffer = io.BytesIO()
-        np.savez(buffer, pool=features[0], test=features[1])
+        computed = dict(zip(wanted, zip(embedded(pool, "pool"), embedded(test, "test"), strict=True), strict=True))
         with tempfile.TemporaryDirectory() as folder:
-            Path(folder, f"{key}.npz").write_bytes(buffer.getvalue())
+            for key, (pool_features, test_features) in computed.items():
+                buffer = io.BytesIO()
+                np.savez(buffer, pool=pool_features, test=test_features)
+                Path(folder, f"{wanted[key]}-{key}.npz").write_bytes(buffer.getvalue())
             self.tracker.client.log_artifacts(self.parent, folder, FOLDER)
-        return features
+        return computed

@@ -52,7 +52,7 @@ from pretrain.checkpoint import (
     read_backbone,
     save_backbone,
 )
-from pretrain.data import DataPlan, StudyData, load_data
+from pretrain.data import DataPlan, StudyData, load_data, recorded_data, verification_record
 from pretrain.knn import PROTOCOL as KNN_PROTOCOL
 from pretrain.knn import knn_accuracy
 from pretrain.manifest import POOL, TEST, to_parquet
@@ -71,6 +71,10 @@ class StudyOutcome:
     skipped: int
 
 
+VERIFIED = "verified.parquet"  # the study run's record of what verification found
+RANDOM_INIT = "random-init"  # the name of the kNN reference: the weights pretraining started from
+
+
 def _dataset_name(cfg: StudyConfig) -> str:
     return cfg.data.name if cfg.data.name != "folder" else Path(cfg.data.path).expanduser().resolve().name
 
@@ -80,15 +84,9 @@ def _options(cfg: StudyConfig, data: StudyData) -> dict:
     return backbone_options(p.backbone, data.image_size, p.cifar_stem, p.patch_size)
 
 
-def _card(
-    cfg: StudyConfig,
-    data: StudyData,
-    state: dict | None = None,
-    run_id: str = "",
-    embeddings: StudyEmbeddings | None = None,  # needed with ``state``: the kNN reads their features
-) -> BackboneCard:
-    """Architecture, input and normalization of the study's backbone; with weights, its kNN accuracy."""
-    card = BackboneCard(
+def _card(cfg: StudyConfig, data: StudyData, run_id: str = "") -> BackboneCard:
+    """Architecture, input and normalization of the study's backbone."""
+    return BackboneCard(
         backbone=cfg.pretrain.backbone,
         in_channels=data.channels,
         image_size=data.image_size,
@@ -104,15 +102,14 @@ def _card(
         study=cfg.study,
         run_id=run_id,
     )
-    if state is None:
-        return card
-    return replace(card, knn_accuracy=round(_test_knn(build_from_state(state, card), data, embeddings, SSL), 4))
 
 
-def _test_knn(backbone, data: StudyData, embeddings: StudyEmbeddings, name: str) -> float:
-    """kNN accuracy on the test split with the labeled pool as the bank."""
-    pool, test = embeddings.features(name, backbone, data.mean, data.std)
-    return knn_accuracy(pool, data.labels(POOL), test, data.labels(TEST))
+def _test_knn(backbones: dict, data: StudyData, embeddings: StudyEmbeddings) -> dict[str, float]:
+    """kNN accuracy on the test split with the labeled pool as the bank, per named backbone
+    (embedded in one pass over the images)."""
+    features = embeddings.compute(backbones, data.mean, data.std)
+    bank, queries = data.labels(POOL), data.labels(TEST)
+    return {name: knn_accuracy(pool, bank, test, queries) for name, (pool, test) in features.items()}
 
 
 def _pretrained_backbone(
@@ -161,10 +158,11 @@ def _pretrained_backbone(
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
-    card = _card(cfg, data, result.backbone_state, run_id, embeddings)
+    card = _card(cfg, data, run_id)
     torch.manual_seed(seed)  # the init pretraining started from
     initial = build_backbone(p.backbone, data.channels, data.image_size, **card.options)
-    random_init = _test_knn(initial, data, embeddings, "random-init")
+    knn = _test_knn({SSL: build_from_state(result.backbone_state, card), RANDOM_INIT: initial}, data, embeddings)
+    card, random_init = replace(card, knn_accuracy=round(knn[SSL], 4)), knn[RANDOM_INIT]
     metrics = {
         "pretrain_seconds": result.seconds,
         "test_knn_accuracy": card.knn_accuracy,
@@ -320,13 +318,12 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
     prepared = prepared or prepare_study(cfg, console)
     if prepared.init:  # the fingerprint names the concrete version, not a moving alias
         cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init": prepared.init})})
-    with data_progress(console) as progress:
-        data = load_data(prepared.plan, progress, cfg.data.stats_sample, cfg.data.split_seed)
-    _report_data(console, prepared.plan, data)
-    check_budgets(cfg.finetune.budgets, data.class_counts())  # on what decoded, not on what was listed
     use_store(prepared.uri)
     tracker = StudyTracker(prepared.uri, cfg.study)
     config_fingerprint = cfg.fingerprint("data", "pretrain", "finetune")
+    data, verified = _verified_data(cfg, prepared, tracker, config_fingerprint, console)
+    _report_data(console, prepared.plan, data)
+    check_budgets(cfg.finetune.budgets, data.class_counts())  # on what decoded, not on what was listed
     parent, resumed = tracker.open_parent(config_fingerprint, data.digest, cfg.model_dump(mode="json"))
     lease = StudyLease(prepared.uri, cfg.study, parent, say=console.print).take()  # before the run is written to
     journal = Journal.of(cfg.study, parent)
@@ -339,6 +336,8 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
                     f"[yellow]data changed since study run {earlier} (files added, removed or modified): "
                     "starting a new study run[/yellow]"
                 )
+        if not verified:
+            tracker.log_artifacts(parent, {VERIFIED: verification_record(data)})
         tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
         tracker.client.set_tag(parent, POOL_SIZE, len(data.items(POOL)))
         console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
@@ -394,6 +393,22 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
     _print_table(console, table, cfg.study)
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
     return StudyOutcome(parent, tracker.experiment_id, table, frame, len(todo), skipped)
+
+
+def _verified_data(
+    cfg: StudyConfig, prepared: Prepared, tracker: StudyTracker, fingerprint: str, console: Console
+) -> tuple[StudyData, bool]:
+    """The verified data, and whether it was read back: from the study run of this config and
+    manifest when an earlier invocation verified it (the manifest's sizes and modification times
+    say the files are the same), else decoded now."""
+    earlier = tracker.find_parent(fingerprint, prepared.plan.digest)
+    if earlier is not None and VERIFIED in {a.path for a in tracker.client.list_artifacts(earlier)}:
+        with tempfile.TemporaryDirectory() as folder:
+            data = recorded_data(prepared.plan, tracker.download(earlier, VERIFIED, folder))
+        console.print(f"data: verification of manifest {data.digest} read back from study run {earlier}")
+        return data, True
+    with data_progress(console) as progress:
+        return load_data(prepared.plan, progress, cfg.data.stats_sample, cfg.data.split_seed), False
 
 
 def _report_data(console: Console, plan: DataPlan, data: StudyData) -> None:

@@ -153,16 +153,21 @@ class StudyTracker:
             raise TrackingError(f"study '{self.study}' has no study run: run `labelcurve run` first")
         return found[-1].info.run_id
 
-    def open_parent(self, fingerprint: str, data_digest: str, config: dict) -> tuple[str, bool]:
-        """The study's parent run id for this config and data, and whether it was resumed."""
-        same = (
+    def _same(self, fingerprint: str, data_digest: str) -> tuple[str, ...]:
+        return (
             f"tags.`{ROLE}` = '{STUDY}'",
             f"tags.`{FINGERPRINT}` = '{fingerprint}'",
             f"tags.`{DATA}` = '{data_digest}'",
         )
-        found = self._search(*same)
-        if found:
-            run_id = found[-1].info.run_id
+
+    def find_parent(self, fingerprint: str, data_digest: str) -> str | None:
+        """The study run of this config and data, if an earlier invocation made one."""
+        found = self._search(*self._same(fingerprint, data_digest))
+        return found[-1].info.run_id if found else None
+
+    def open_parent(self, fingerprint: str, data_digest: str, config: dict) -> tuple[str, bool]:
+        """The study's parent run id for this config and data, and whether it was resumed."""
+        if (run_id := self.find_parent(fingerprint, data_digest)) is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
         tags = {ROLE: STUDY, FINGERPRINT: fingerprint, DATA: data_digest, **source_tags()}
@@ -170,7 +175,8 @@ class StudyTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in _flatten(config).items()])
         # Another driver may have created the same study run since the search: every driver keeps
         # the first one, so that the lease on it lets only one of them run the study.
-        first = min(self._search(*same), key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        same = self._search(*self._same(fingerprint, data_digest))
+        first = min(same, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
         if first != run.info.run_id:
             self.client.delete_run(run.info.run_id)
         return first, False

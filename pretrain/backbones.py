@@ -153,14 +153,33 @@ def embed_items(
     """Features of image ``items`` by batched inference: decoded, normalized and embedded one
     batch at a time, so memory holds one batch of images, never the set. ``progress(n, total)``
     hears of every batch (minutes on a large pool)."""
+    return embed_items_with([backbone], source, items, mean, std, batch_size, progress)[0]
+
+
+def embed_items_with(
+    backbones: list[nn.Module],
+    source,
+    items: list[str],
+    mean,
+    std,
+    batch_size: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """:func:`embed_items` for several backbones of the same input in one pass: each batch is
+    read and decoded once. On a large pool the reads, not the forward passes, take the time."""
     from pretrain.views import normalize
 
-    features = []
+    features: list[list[np.ndarray]] = [[] for _ in backbones]
     for start in range(0, len(items), batch_size):
         images, ok = source.read_many(items[start : start + batch_size])
         if not ok.all():
             raise OSError(f"image {items[start + int(np.argmin(ok))]} can no longer be decoded: restore it and re-run")
-        features.append(embed(backbone, normalize(images, mean, std), batch_size))
+        normalized = normalize(images, mean, std)
+        for backbone, done in zip(backbones, features, strict=True):
+            done.append(embed(backbone, normalized, batch_size))
         if progress:
             progress(len(ok), len(items))
-    return np.concatenate(features) if features else np.zeros((0, backbone.feature_dim), np.float32)
+    return [
+        np.concatenate(done) if done else np.zeros((0, backbone.feature_dim), np.float32)
+        for backbone, done in zip(backbones, features, strict=True)
+    ]

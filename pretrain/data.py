@@ -25,7 +25,17 @@ from pyarrow import fs
 
 from pretrain.errors import LabelcurveError
 from pretrain.images import READ_THREADS, ImageSource
-from pretrain.manifest import POOL, TEST, UNLABELED, ListingError, Location, digest, relative
+from pretrain.manifest import (
+    POOL,
+    TEST,
+    UNLABELED,
+    ListingError,
+    Location,
+    digest,
+    from_parquet,
+    relative,
+    to_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -527,4 +537,38 @@ def load_data(
         len(skipped_files),
         len(leaked),
         skipped_files,
+    )
+
+
+def verification_record(data: StudyData) -> bytes:
+    """What :func:`load_data` found, as Parquet (the kept rows; statistics and counts as metadata):
+    kept with the study run, so that a resumed study does not decode every labeled image again."""
+    found = {
+        "digest": data.digest,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "skipped": data.skipped,
+        "leaked": data.leaked,
+        "skipped_files": data.skipped_files,
+    }
+    return to_parquet(data.frame, found)
+
+
+def recorded_data(plan: DataPlan, path: str | os.PathLike) -> StudyData:
+    """The :class:`StudyData` of ``plan`` from its :func:`verification_record` at ``path``."""
+    frame, found = from_parquet(path)
+    frame = frame.astype({"item": object})  # as listed: Parquet reads strings back as pandas' str dtype
+    if found.get("digest") != plan.digest:
+        raise DataError(f"the verification record at {path} is of manifest {found.get('digest')}, not {plan.digest}")
+    return StudyData(
+        plan.classes,
+        frame,
+        plan.source,
+        tuple(found["mean"]),
+        tuple(found["std"]),
+        plan.description,
+        plan.digest,
+        found["skipped"],
+        found["leaked"],
+        found["skipped_files"],
     )

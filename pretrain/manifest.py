@@ -9,6 +9,7 @@ its digest enters the study fingerprint, so changed files start a new study run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from pretrain.errors import LabelcurveError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 POOL, TEST, UNLABELED = "pool", "test", "unlabeled"
 COLUMNS = ("item", "label", "split", "size", "mtime")
+METADATA = b"labelcurve"  # the Parquet schema metadata key of to_parquet's metadata
 
 
 class ListingError(LabelcurveError, ValueError):
@@ -110,11 +112,18 @@ def digest(frame: pd.DataFrame) -> str:
     return h.hexdigest()[:12]
 
 
-def to_parquet(frame: pd.DataFrame) -> bytes:
+def to_parquet(frame: pd.DataFrame, metadata: dict | None = None) -> bytes:
+    """The manifest columns of ``frame`` as Parquet; ``metadata`` (JSON) rides in the schema."""
+    table = pa.Table.from_pandas(frame[list(COLUMNS)], preserve_index=False)
+    if metadata is not None:
+        table = table.replace_schema_metadata({**table.schema.metadata, METADATA: json.dumps(metadata).encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame[list(COLUMNS)], preserve_index=False), sink)
+    pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
-def from_parquet(path: str) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+def from_parquet(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """What :func:`to_parquet` wrote: the frame and its metadata (empty when there was none)."""
+    table = pq.read_table(path)
+    extra = (table.schema.metadata or {}).get(METADATA)
+    return table.to_pandas(), json.loads(extra) if extra else {}

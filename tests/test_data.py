@@ -9,7 +9,7 @@ from PIL import Image
 
 from cluster.config import DataConfig
 from finetune.budgets import BudgetError, check_budgets
-from pretrain.data import DataError, load_data, plan_data
+from pretrain.data import DataError, load_data, plan_data, recorded_data, verification_record
 from pretrain.images import ImageSource
 from pretrain.manifest import POOL, TEST, UNLABELED
 from tests.conftest import write_image_folder
@@ -77,6 +77,24 @@ def test_corrupt_images_are_skipped_counted_and_budgets_see_what_decoded(tmp_pat
     check_budgets([5], plan.class_counts())
     with pytest.raises(BudgetError, match="budget 6 labels per class is larger than class 'a'"):
         check_budgets([6], data.class_counts())
+
+
+def test_what_verification_found_reads_back_without_decoding(tmp_path, monkeypatch):
+    """A resumed study reads the verification record instead of decoding every labeled image."""
+    write_image_folder(tmp_path / "train", {"a": 5, "b": 5})
+    write_image_folder(tmp_path / "test", {"a": 2, "b": 2}, seed=1)
+    (tmp_path / "train" / "b" / "broken.png").write_bytes(b"not an image")
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    data = load_data(plan)
+    (tmp_path / "verified.parquet").write_bytes(verification_record(data))
+    monkeypatch.setattr(ImageSource, "read", lambda *_: pytest.fail("decoded an image"))
+    again = recorded_data(plan, tmp_path / "verified.parquet")
+    assert again.frame.equals(data.frame) and again.digest == data.digest == plan.digest
+    assert (again.mean, again.std) == (data.mean, data.std)
+    assert (again.skipped, again.skipped_files) == (1, data.skipped_files) and again.leaked == data.leaked
+    (tmp_path / "train" / "a" / "new.png").write_bytes((tmp_path / "train" / "b" / "broken.png").read_bytes())
+    with pytest.raises(DataError, match="is of manifest"):  # another listing: not this record's
+        recorded_data(plan_data(DataConfig(name="folder", path=str(tmp_path))), tmp_path / "verified.parquet")
 
 
 def _png_claiming(path, width: int, height: int) -> None:

@@ -11,8 +11,9 @@ import finetune.sweep as sweep
 from cluster.config import DataConfig, FinetuneConfig
 from finetune.heads import fine_tune, linear_probe, predict
 from finetune.sweep import RunSpec, SweepInputs, make_start, run_one
-from pretrain.backbones import build_backbone, embed_items
+from pretrain.backbones import build_backbone, embed_items, embed_items_with
 from pretrain.data import load_data, plan_data
+from pretrain.images import ImageSource
 from pretrain.manifest import POOL, TEST
 
 
@@ -102,3 +103,23 @@ def test_batched_embeddings_match_one_batch_and_report_progress(digits):
     whole = embed_items(backbone, digits.source, items, digits.mean, digits.std, 512)
     assert np.allclose(batched, whole, atol=1e-5)  # threads and batches change nothing
     assert heard == [(128, 300), (128, 300), (44, 300)]
+
+
+def test_several_backbones_embed_in_one_pass_over_the_images(digits, monkeypatch):
+    """The card's kNN and its random-init reference read the pool once, not once per backbone."""
+    torch.manual_seed(0)
+    first, second = (build_backbone("small_cnn", 1, digits.image_size) for _ in range(2))
+    items = digits.items(POOL)[:300]
+    alone = [embed_items(b, digits.source, items, digits.mean, digits.std, 128) for b in (first, second)]
+    reads: list[int] = []
+    read_many = ImageSource.read_many
+
+    def counted(source, batch):
+        reads.append(len(batch))
+        return read_many(source, batch)
+
+    monkeypatch.setattr(ImageSource, "read_many", counted)
+    together = embed_items_with([first, second], digits.source, items, digits.mean, digits.std, 128)
+    assert reads == [128, 128, 44]  # every item read once for both backbones
+    assert all(np.allclose(a, t, atol=1e-5) for a, t in zip(alone, together, strict=True))
+    assert not np.allclose(together[0], together[1])  # each backbone's own features

@@ -164,6 +164,7 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     again = labelcurve("run", "study=tiny", *TINY)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "12 of 12 runs already recorded" in again.stdout
+    assert f"data: verification of manifest {parent.data.tags['labelcurve.data_digest']} read back" in again.stdout
     roles = runs_by_role(client, experiment_id)
     assert len(roles["finetune"]) == 12 and len(roles["pretrain"]) == 1 and len(roles["study"]) == 1
     for arm in ARMS:
