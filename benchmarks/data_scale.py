@@ -17,9 +17,9 @@ listing a folder of empty files (``--list-files``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10
 PATHS = ["stream", "local", "in-memory"]
+MAPPING = re.compile(r"[0-9a-f]+-[0-9a-f]+ ")  # the header line of a mapping in /proc/PID/smaps
 
 
 def _write(args: tuple[Path, int, int]) -> None:
@@ -68,25 +69,53 @@ def _peak_mb(pid: int) -> float:
     return 0.0
 
 
+def private_mb(pid: int) -> tuple[float, float]:
+    """(private memory outside the object store, private pages of the object store) in MB.
+
+    USS counts every page only this process maps, and a page of Ray's shared-memory object
+    store that one process alone touched is such a page: a worker that read more blocks shows a
+    larger USS without keeping anything. The object store is bounded by its own size, so the
+    memory that could grow with the pool is the first figure."""
+    own = store = 0
+    mapping = ""
+    try:
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    kb = int(line.split()[1])
+                    if "plasma" in mapping or mapping.startswith("/dev/shm"):
+                        store += kb
+                    else:
+                        own += kb
+                elif MAPPING.match(line):
+                    fields = line.split(maxsplit=5)
+                    mapping = fields[5].strip() if len(fields) > 5 else ""
+    except OSError:
+        pass
+    return own / 1024, store / 1024
+
+
 class WorkerPeak(threading.Thread):
     """The largest memory of any Ray process, sampled every half second: peak resident (VmHWM,
-    which counts the object store's shared pages a process touched) and unique set size (USS:
-    the memory the process alone holds, which a longer stream does not raise unless it keeps
-    something)."""
+    which counts the object store's shared pages a process touched) and the private memory
+    outside the object store (what a process keeps), with the name of the process that held it."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak, self.uss, self.stop = 0.0, 0.0, threading.Event()
+        self.peak, self.uss, self.store, self.holder, self.stop = 0.0, 0.0, 0.0, "", threading.Event()
 
     def run(self) -> None:
         import psutil
 
         while not self.stop.wait(0.5):
             for process in psutil.process_iter(["cmdline"]):
-                if any("ray::" in part or "default_worker.py" in part for part in process.info["cmdline"] or []):
+                cmdline = process.info["cmdline"] or []
+                if any("ray::" in part or "default_worker.py" in part for part in cmdline):
                     self.peak = max(self.peak, _peak_mb(process.pid))
-                    with contextlib.suppress(psutil.Error):
-                        self.uss = max(self.uss, process.memory_full_info().uss / 2**20)
+                    own, store = private_mb(process.pid)
+                    self.store = max(self.store, store)
+                    if own > self.uss:
+                        self.uss, self.holder = own, cmdline[0][:40]
 
 
 def measure(folder: Path, path: str, image_size: int, epochs: int) -> dict:
@@ -125,6 +154,8 @@ def measure(folder: Path, path: str, image_size: int, epochs: int) -> dict:
         "driver_peak_mb": _peak_mb(os.getpid()),
         "worker_peak_mb": watcher.peak,
         "worker_uss_mb": watcher.uss,
+        "worker_store_mb": watcher.store,
+        "largest_worker": watcher.holder,
         "images_per_s": len(rates) / sum(1 / r for r in rates),  # every epoch has the same images
         "first_epoch_images_per_s": rates[0],
     }
@@ -268,13 +299,13 @@ def main() -> None:
             sys.exit(f"size {size} failed:\n{child.stderr[-3000:]}")
         rows.append({"path": path, **json.loads(lines[0][7:])})
         print(rows[-1], flush=True)
-    header = f"{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'worker USS':>10}"
-    print(f"\n{header} {'img/s':>7} {'1st epoch':>9}")
+    header = f"{'path':<10} {'images':>8} {'listing s':>10} {'driver MB':>10} {'worker MB':>10} {'worker own':>10}"
+    print(f"\n{header} {'store MB':>9} {'img/s':>7} {'1st epoch':>9}  largest worker")
     for r in rows:
         print(
             f"{r['path']:<10} {r['images']:>8} {r['listing_s']:>10.1f} {r['driver_peak_mb']:>10.0f} "
-            f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['images_per_s']:>7.0f} "
-            f"{r['first_epoch_images_per_s']:>9.0f}"
+            f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['worker_store_mb']:>9.0f} "
+            f"{r['images_per_s']:>7.0f} {r['first_epoch_images_per_s']:>9.0f}  {r['largest_worker']}"
         )
     stream = [r for r in rows if r["path"] == "stream"]
     small, large = (stream or rows)[0], (stream or rows)[-1]
@@ -283,7 +314,7 @@ def main() -> None:
     )
     print(
         f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; "
-        f"largest worker: {worker:.2f}x (USS {uss:.2f}x)"
+        f"largest worker: {worker:.2f}x (private outside the object store {uss:.2f}x)"
     )
     rate = {r["path"]: r["images_per_s"] for r in rows if r["images"] == small["images"]}
     if "in-memory" in rate:
