@@ -2,7 +2,8 @@
 
 Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each size in a fresh
 process: the time to list and split it, the peak resident memory of the driver and of the
-largest Ray worker (VmHWM and USS of every Ray process, sampled), and the pretraining throughput
+largest Ray worker (VmHWM and the private memory outside the object store of every Ray
+process, sampled), and the pretraining throughput
 (small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data) over all
 ``--epochs`` epochs, the start of the pipeline included, beside the first epoch's alone. (A later
 epoch alone would flatter the stream: its views were partly made while the one before trained.) The same
@@ -96,7 +97,8 @@ def private_mb(pid: int) -> tuple[float, float]:
 
 
 class WorkerPeak(threading.Thread):
-    """The largest memory of any Ray process, sampled every half second: peak resident (VmHWM,
+    """The largest memory of any Ray process, sampled every two seconds (reading smaps costs CPU
+    the training shares): peak resident (VmHWM,
     which counts the object store's shared pages a process touched) and the private memory
     outside the object store (what a process keeps), with the name of the process that held it."""
 
@@ -107,7 +109,7 @@ class WorkerPeak(threading.Thread):
     def run(self) -> None:
         import psutil
 
-        while not self.stop.wait(0.5):
+        while not self.stop.wait(2.0):
             for process in psutil.process_iter(["cmdline"]):
                 cmdline = process.info["cmdline"] or []
                 if any("ray::" in part or "default_worker.py" in part for part in cmdline):
