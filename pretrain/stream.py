@@ -14,25 +14,18 @@ read tasks, on any CPU of the cluster, never in the training process; no process
 from __future__ import annotations
 
 import itertools
-import math
+import os
 import random
 from collections.abc import Iterator
 
 import numpy as np
-import pyarrow as pa
 import ray
 import torch
 from ray.data import DataContext
-from ray.data.block import BlockAccessor, BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
 from pretrain.images import ImageSource
+from pretrain.view_source import ViewStream
 from pretrain.views import to_pil
-
-ROWS_PER_TASK = 250  # images a read task decodes and augments: small, so the stream fills fast
-MAX_TASKS_PER_EPOCH = 64  # read tasks: larger pools get larger tasks
-MAX_TASKS = 4096  # in a whole run: Ray Data warns about plans of 5,000 read tasks and more
-VIEW_BATCH = 32  # images per block a read task yields
 
 
 def make_views(batch: dict[str, np.ndarray], source: ImageSource, transform, seed: int) -> dict[str, np.ndarray]:
@@ -71,53 +64,6 @@ def blank_views(source: ImageSource, transform) -> list[torch.Tensor]:
     return transform(to_pil(np.zeros((source.channels, source.image_size, source.image_size), np.uint8)))
 
 
-class ViewStream(Datasource):
-    """``epochs`` epochs of views, each epoch a new order of the items drawn from (seed, epoch).
-
-    A read task draws its epoch's permutation itself, takes its slice, and decodes and augments
-    it: no all-to-all shuffle, no second stage. The items live once in the object store as an
-    Arrow array that every task maps without copying. The epochs are ``first_epoch`` onwards (a
-    resumed run); a re-execution (a worker group restarted within one fit) continues with the
-    orders of the epochs after them.
-    """
-
-    def __init__(
-        self, items: list[str], source: ImageSource, transform, seed: int, epochs: int, first_epoch: int = 0
-    ) -> None:
-        self.items, self.n = ray.put(pa.array(items, pa.string())), len(items)
-        self.source, self.transform, self.seed, self.epochs = source, transform, seed, epochs
-        self.first_epoch = first_epoch
-        tasks = min(math.ceil(self.n / ROWS_PER_TASK), MAX_TASKS_PER_EPOCH, max(1, MAX_TASKS // epochs))
-        self.num_tasks = tasks * epochs
-        self.bounds = [self.n * i // tasks for i in range(tasks + 1)]
-        with torch.random.fork_rng(devices=[]):
-            views = blank_views(source, transform)  # their size, for Ray Data's memory budget
-        self.row_bytes = sum(v.numel() * v.element_size() for v in views) + 64
-
-    def estimate_inmemory_data_size(self) -> int:
-        return self.n * self.epochs * self.row_bytes
-
-    def get_read_tasks(self, parallelism: int, **_) -> list[ReadTask]:
-        spans = itertools.pairwise(self.bounds)
-        return [self._task(k, lo, hi) for k, (lo, hi) in itertools.product(range(self.epochs), spans)]
-
-    def _task(self, k: int, lo: int, hi: int) -> ReadTask:
-        items, n, seed, epochs, first = self.items, self.n, self.seed, self.epochs, self.first_epoch
-        source, transform = self.source, self.transform
-
-        def read() -> Iterator[pa.Table]:
-            epoch = first + DataContext.get_current()._execution_idx * epochs + k
-            rows = np.random.default_rng([seed, epoch]).permutation(n)[lo:hi]
-            names = ray.get(items).take(rows).to_numpy(zero_copy_only=False)
-            for i in range(0, len(rows), VIEW_BATCH):
-                part = {"epoch": np.full(len(rows[i : i + VIEW_BATCH]), epoch), "row": rows[i : i + VIEW_BATCH]}
-                part["item"] = names[i : i + VIEW_BATCH]
-                yield BlockAccessor.batch_to_block(make_views(part, source, transform, seed))
-
-        size = (hi - lo) * self.row_bytes
-        return ReadTask(read, BlockMetadata(num_rows=hi - lo, size_bytes=size, exec_stats=None, input_files=None))
-
-
 def pretraining_dataset(
     items: list[str],
     source: ImageSource,
@@ -131,10 +77,48 @@ def pretraining_dataset(
     and augmented in Ray Data tasks of ``cpus_per_task`` CPUs each. Ray Data's own progress bars
     stay off: the training side prints a line per epoch."""
     DataContext.get_current().enable_progress_bars = False
-    stream = ViewStream(items, source, transform, seed, max(1, epochs - first_epoch), first_epoch)
+    with torch.random.fork_rng(devices=[]):
+        row_bytes = sum(v.numel() * v.element_size() for v in blank_views(source, transform)) + 64
+    stream = ViewStream(items, source, ray.put(transform), row_bytes, seed, max(1, epochs - first_epoch), first_epoch)
     # as many blocks as read tasks: to reach its default of 200 blocks Ray Data would cut every
     # block a task yields into pieces of a row or two, and pay its per-block cost on each
     return ray.data.read_datasource(stream, num_cpus=cpus_per_task, override_num_blocks=stream.num_tasks)
+
+
+@ray.remote
+def _import_read_side(source_and_transform: tuple) -> int:
+    """Receiving an image source and a transform imports what a read task needs; returns the pid."""
+    return os.getpid()
+
+
+def warm_read_workers(
+    source: ImageSource, transform, cpus_per_task: float, reserved_cpus: float
+) -> list[ray.ObjectRef]:
+    """Start the worker processes Ray Data's read tasks will run in, while Ray Train starts its workers.
+
+    A read task's first run in a fresh process imports torch, torchvision and lightly and unpickles
+    the transform: about 5 s of CPU each, which the stream's first batch otherwise waits for. Ray
+    hands a task an idle worker process of the same runtime env, and Ray Data's tasks have the env
+    Ray Train gives its controller: tasks of that env started now are ready when the stream starts.
+    One per slot the training workers leave free (``reserved_cpus``), at most 8. Nobody needs to
+    wait for them (Ray runs a task whose result is never read); the refs give the workers' pids.
+    """
+    free = ray.available_resources().get("CPU", 0.0) - reserved_cpus
+    args, env = ray.put((source, transform)), _train_controller_env()
+    warm = _import_read_side.options(num_cpus=cpus_per_task, runtime_env=env)
+    return [warm.remote(args) for _ in range(max(0, min(int(free // cpus_per_task), 8)))]
+
+
+def _train_controller_env() -> dict:
+    """The runtime env Ray Train (2.60) starts its controller with (``TorchTrainer.fit``); without
+    that function (another Ray), warming still runs and merely is not reused."""
+    try:
+        from ray.train.v2._internal.constants import get_env_vars_to_propagate
+    except ImportError:
+        return {}
+    env = get_env_vars_to_propagate()
+    env.setdefault("RAY_WARN_BLOCKING_GET_INSIDE_ASYNC", "0")
+    return {"env_vars": env}
 
 
 def steps_per_epoch(n: int, world: int, batch_size: int, epochs: int) -> list[int]:

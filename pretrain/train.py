@@ -42,7 +42,7 @@ from pretrain.manifest import POOL
 from pretrain.method_options import chosen_options
 from pretrain.methods import METHODS, build_method
 from pretrain.run_log import RunLog, bound_http_retries
-from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch
+from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch, warm_read_workers
 from pretrain.views import ViewSettings, normalize
 
 log = logging.getLogger("labelcurve.pretrain")
@@ -429,6 +429,8 @@ def pretrain(
     first = epochs_checkpointed(storage, name) if mode == "stream" else 0
     if mode == "stream":
         datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus, first)
+        training_cpus = (worker_resources(settings, mode) or {}).get("CPU", 1.0) * p.num_workers
+        warm_read_workers(data.source, transform, p.augment_cpus, training_cpus)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={

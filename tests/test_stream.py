@@ -18,7 +18,14 @@ from ray.train.torch import TorchTrainer
 from cluster.config import DataConfig, PretrainConfig
 from pretrain.data import load_data, plan_data
 from pretrain.methods import METHODS
-from pretrain.stream import LocalBatches, ShardBatches, make_views, pretraining_dataset, steps_per_epoch
+from pretrain.stream import (
+    LocalBatches,
+    ShardBatches,
+    make_views,
+    pretraining_dataset,
+    steps_per_epoch,
+    warm_read_workers,
+)
 from pretrain.views import ViewSettings
 
 BATCH, EPOCHS, WORKERS = 32, 3, 2
@@ -73,6 +80,41 @@ def test_two_workers_see_every_image_exactly_once_per_epoch(digits, tmp_path):
     views = {key: value for rank in ranks for epoch in rank for key, value in epoch["views"].items()}
     common = [r for r in range(n) if f"0:{r}" in views and f"1:{r}" in views]
     assert common and all(views[f"0:{r}"] != views[f"1:{r}"] for r in common)  # new augmentations
+
+
+def _record_read_pids(config: dict) -> None:
+    pids = [int(p) for batch in ray.train.get_dataset_shard("train").iter_batches() for p in batch["pid"]]
+    Path(config["out"], f"pids{ray.train.get_context().get_world_rank()}.json").write_text(json.dumps(pids))
+
+
+def _pid_of_reader(batch: dict) -> dict:
+    import os
+
+    return {"pid": np.full(len(batch["id"]), os.getpid())}
+
+
+@pytest.mark.slow
+def test_ray_data_tasks_under_ray_train_run_in_the_warmed_workers(digits, tmp_path):
+    """warm_read_workers pays the read side's imports while Ray Train starts: that only helps if Ray
+    Data's tasks, launched from Ray Train's controller, are handed those very processes."""
+    data, transform = digits
+    here = {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}  # the workers import this module
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=here)
+    try:
+        warmed = set(ray.get(warm_read_workers(data.source, transform, cpus_per_task=0.5, reserved_cpus=1.0)))
+        assert len(warmed) == 2  # the two half-CPU slots the two training workers leave
+        readers = ray.data.range(64, override_num_blocks=8).map_batches(_pid_of_reader, num_cpus=0.5)
+        TorchTrainer(
+            _record_read_pids,
+            train_loop_config={"out": str(tmp_path)},
+            datasets={"train": readers},
+            scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
+            run_config=ray.train.RunConfig(storage_path=str(tmp_path), name="warm"),
+        ).fit()
+    finally:
+        ray.shutdown()
+    pids = {p for r in range(WORKERS) for p in json.loads((tmp_path / f"pids{r}.json").read_text())}
+    assert pids and pids <= warmed
 
 
 def _assert_each_image_once_per_epoch(ranks: list[list[list]], n: int, steps: list[int]) -> None:
