@@ -24,7 +24,7 @@ import torch
 from ray.data import DataContext
 
 from pretrain.images import ImageSource
-from pretrain.view_source import ViewStream
+from pretrain.view_source import ROWS_PER_BLOCK, ViewStream
 from pretrain.views import to_pil
 
 
@@ -82,7 +82,11 @@ def pretraining_dataset(
     stream = ViewStream(items, source, ray.put(transform), row_bytes, seed, max(1, epochs - first_epoch), first_epoch)
     # as many blocks as read tasks: to reach its default of 200 blocks Ray Data would cut every
     # block a task yields into pieces of a row or two, and pay its per-block cost on each
-    return ray.data.read_datasource(stream, num_cpus=cpus_per_task, override_num_blocks=stream.num_tasks)
+    dataset = ray.data.read_datasource(stream, num_cpus=cpus_per_task, override_num_blocks=stream.num_tasks)
+    # Ray Data joins what a read task yields into blocks of up to 128 MB: tasks grow with the pool
+    # (their number is capped), and so would the blocks every read and training worker holds
+    dataset.context.target_max_block_size = ROWS_PER_BLOCK * row_bytes
+    return dataset
 
 
 @ray.remote

@@ -24,7 +24,8 @@ from pretrain.images import ImageSource
 ROWS_PER_TASK = 250  # images a read task decodes and augments: small, so the stream fills fast
 MAX_TASKS_PER_EPOCH = 64  # read tasks: larger pools get larger tasks
 MAX_TASKS = 4096  # in a whole run: Ray Data warns about plans of 5,000 read tasks and more
-VIEW_BATCH = 32  # images per block a read task yields
+VIEW_BATCH = 32  # images a read task augments between yields
+ROWS_PER_BLOCK = 256  # images per output block, whatever the pool size: a block is what a worker holds
 
 
 class ViewStream(Datasource):

@@ -207,6 +207,26 @@ def test_a_resumed_stream_holds_the_remaining_epochs_with_their_own_orders_and_d
     assert all(np.array_equal(r["view0"], v) for r, v in zip(picked, again["view0"], strict=True))
 
 
+def test_blocks_keep_their_size_when_a_pool_outgrows_the_read_tasks(digits, monkeypatch):
+    """The number of read tasks is capped, so a larger pool means larger tasks; what a task yields
+    must still reach the workers in blocks of about ROWS_PER_BLOCK images, not one block per task."""
+    import pretrain.view_source as view_source
+
+    data, transform = digits
+    monkeypatch.setattr(view_source, "MAX_TASKS_PER_EPOCH", 1)  # one task holds the whole pool
+    items = data.pretraining_items * 2  # a pool of three blocks or so
+    n = len(items)
+    assert n > 2 * view_source.ROWS_PER_BLOCK
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stream = pretraining_dataset(items, data.source, transform, seed=0, epochs=1)
+        blocks = [len(block["row"]) for block in stream.iter_batches(batch_size=None)]
+    finally:
+        ray.shutdown()
+    assert sum(blocks) == n and len(blocks) >= n // (2 * view_source.ROWS_PER_BLOCK)
+    assert max(blocks) <= view_source.ROWS_PER_BLOCK + view_source.VIEW_BATCH  # one yield past the target
+
+
 def test_local_ranks_share_an_odd_pool_evenly_over_a_long_run(digits):
     data, _ = digits
     items = data.pretraining_items[:7]  # 7 images on 2 ranks: one rank would get 3 per epoch
