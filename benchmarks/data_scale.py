@@ -4,13 +4,14 @@ Writes synthetic JPEG folders (10 classes, 64 px) of each size, then for each si
 process: the time to list and split it, the peak resident memory of the driver and of the
 largest Ray worker (VmHWM and the private memory outside the object store of every Ray
 process, sampled), and the pretraining throughput
-(small CNN, SimCLR views, 2 Ray Train workers, images streamed through Ray Data) over all
-``--epochs`` epochs, the start of the pipeline included, beside the first epoch's alone. (A later
-epoch alone would flatter the stream: its views were partly made while the one before trained.) The same
-run trains, at the smallest size, ``pretrain.input=local`` (each worker decodes and augments its
-own shard) and the in-memory baseline (every image decoded into one tensor, ``ray.put``, a
-DataLoader per worker: the data path before the manifest). Separately, it times
-listing a folder of empty files (``--list-files``).
+(small CNN, SimCLR views, 2 Ray Train workers) over all ``--epochs`` epochs, the start of the
+pipeline included, beside the first epoch's alone (a later epoch alone would flatter the stream:
+its views were partly made while the one before trained), along each path: ``stream`` (views made
+in Ray Data tasks) and ``local`` (each worker decodes and augments its own shard; a pool whose
+decoded copy does not fit is read again every epoch) at every size, and at the smallest size
+the in-memory baseline (every image decoded into one tensor, ``ray.put``, a DataLoader per
+worker: the data path before the manifest). Separately, it times listing a folder of empty
+files (``--list-files``).
 
     python benchmarks/data_scale.py --sizes 10000 50000 200000 --list-files 1000000
 """
@@ -263,7 +264,7 @@ def main() -> None:
         nargs="+",
         choices=PATHS,
         default=PATHS,
-        help="the paths compared at the smallest size (the larger sizes always stream)",
+        help="the paths compared (in-memory at the smallest size only: it cannot hold a large pool)",
     )
     parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs per run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -276,7 +277,7 @@ def main() -> None:
     # the three paths side by side first, then the larger pools
     smallest = min(args.sizes)
     runs = [(smallest, p) for p in args.paths]
-    runs += [(size, "stream") for size in sorted(args.sizes) if size != smallest]
+    runs += [(size, p) for size in sorted(args.sizes) if size != smallest for p in args.paths if p != "in-memory"]
     for size, path in runs:
         folder = write_folder(args.root, size)
         child = subprocess.run(
@@ -309,20 +310,22 @@ def main() -> None:
             f"{r['worker_peak_mb']:>10.0f} {r['worker_uss_mb']:>10.0f} {r['worker_store_mb']:>9.0f} "
             f"{r['images_per_s']:>7.0f} {r['first_epoch_images_per_s']:>9.0f}  {r['largest_worker']}"
         )
-    stream = [r for r in rows if r["path"] == "stream"]
-    small, large = (stream or rows)[0], (stream or rows)[-1]
-    driver, worker, uss = (
-        large[k] / max(small[k], 1e-9) for k in ("driver_peak_mb", "worker_peak_mb", "worker_uss_mb")
-    )
-    print(
-        f"\ndriver memory {large['images']} vs {small['images']} images: {driver:.2f}x; "
-        f"largest worker: {worker:.2f}x (private outside the object store {uss:.2f}x)"
-    )
-    rate = {r["path"]: r["images_per_s"] for r in rows if r["images"] == small["images"]}
-    if "in-memory" in rate:
-        for path in ("stream", "local"):
-            if path in rate:
-                print(f"{path} vs in-memory images/s at {small['images']}: {rate[path] / rate['in-memory']:.2f}")
+    print()
+    baseline = {r["images"]: r["images_per_s"] for r in rows if r["path"] == "in-memory"}
+    for path in ("stream", "local"):
+        sized = [r for r in rows if r["path"] == path]
+        if len(sized) > 1:
+            small, large = sized[0], sized[-1]
+            driver, worker, uss = (
+                large[k] / max(small[k], 1e-9) for k in ("driver_peak_mb", "worker_peak_mb", "worker_uss_mb")
+            )
+            print(
+                f"{path}: driver memory {large['images']} vs {small['images']} images: {driver:.2f}x; "
+                f"largest worker: {worker:.2f}x (private outside the object store {uss:.2f}x)"
+            )
+        for r in sized if baseline else []:
+            reference, rate = min(baseline), baseline[min(baseline)]
+            print(f"{path} at {r['images']} vs in-memory at {reference} images/s: {r['images_per_s'] / rate:.2f}")
     if args.list_files:
         seconds, found = list_empty_files(args.root, args.list_files)
         print(f"listing {found} empty files in 1,000 folders: {seconds:.1f} s")

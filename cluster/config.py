@@ -112,8 +112,8 @@ class PretrainConfig(_Section):
     )
     input: Literal["auto", "stream", "local"] = Field(
         "auto",
-        description="stream: decode+augment in Ray Data tasks; local: each worker its own shard (small pools); "
-        "auto: local on CPU for pools up to 20,000 images (1 GiB decoded)",
+        description="stream: decode+augment in Ray Data tasks; local: each worker its own shard; auto: stream "
+        "to GPU workers, and to CPU workers that leave a CPU each to Ray Data for pools over 20,000 images",
     )
     augment_cpus: float = Field(
         0.5, gt=0, le=64, description="CPUs each Ray Data decode+augment task reserves (and a CPU worker)"

@@ -17,13 +17,14 @@ import itertools
 import os
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import ray
 import torch
 from ray.data import DataContext
 
-from pretrain.images import ImageSource
+from pretrain.images import READ_THREADS, ImageSource
 from pretrain.view_source import ROWS_PER_BLOCK, ViewStream
 from pretrain.views import to_pil
 
@@ -203,18 +204,36 @@ class CachedSource:
         return self.decoded[item]
 
 
+class BatchImages:
+    """One batch's images, decoded by a few threads ahead of its augmentation.
+
+    A rank that keeps nothing reads every file again each epoch; threads overlap the reads (PIL
+    releases the GIL while it decodes), which is what a folder outside the page cache, a shared
+    filesystem or an object store is bound by.
+    """
+
+    def __init__(self, source: ImageSource, part: dict[str, np.ndarray], threads: ThreadPoolExecutor) -> None:
+        self.part, self.image_size, self.channels = part, source.image_size, source.channels
+        self.decoded = dict(zip(part["item"], threads.map(source.read, part["item"]), strict=True))
+
+    def read(self, item: str) -> np.ndarray | None:
+        return self.decoded[item]
+
+
 class LocalBatches(ShardBatches):
-    """Small pools: this rank decodes and augments its own shard in the training process.
+    """This rank decodes and augments its own shard in the training process.
 
     The same epochs as :class:`ViewStream` (a permutation per (seed, epoch), each image's draws
     from (seed, epoch, row)); rank ``r`` of ``w`` takes every ``w``-th position of the run's
     sequence of permutations, starting at ``r``, so each image goes to exactly one rank per epoch
     without a split coordinator, and every rank has the steps of :func:`steps_per_epoch`. A run
     resumed after ``first_epoch`` epochs skips the rows of those epochs' steps without decoding
-    them, so it trains on what an uninterrupted run would have. What it decodes is kept: the rank
-    sees the whole pool over a few epochs. On a pool of a few thousand images this is what keeps
-    small studies fast: a Ray Data execution and its coordinating actors cost more CPU than the
-    augmentations themselves.
+    them, so it trains on what an uninterrupted run would have. With ``keep`` what it decodes is
+    kept (the rank sees the whole pool over a few epochs: for pools whose decoded copy fits in
+    memory); without, every batch's files are read again by a few threads, the next batch's while
+    this one trains, and the rank's memory does not depend on the pool. On CPU workers this is the
+    cheapest input: a Ray Data execution and its coordinating actors cost CPU the augmentations
+    would otherwise have.
     """
 
     def __init__(
@@ -228,14 +247,17 @@ class LocalBatches(ShardBatches):
         batch_size: int,
         epochs: int,
         first_epoch: int = 0,
+        keep: bool = True,
     ) -> None:
-        self.items, self.source, self.transform = np.array(items, dtype=object), CachedSource(source), transform
+        self.items, self.transform, self.keep = np.array(items, dtype=object), transform, keep
+        self.source = CachedSource(source) if keep else source
         self.seed, self.rank, self.world = seed, rank, world
         super().__init__(None, batch_size, steps_per_epoch(len(items), world, batch_size, epochs))
         self.epoch = first_epoch
         self.skip = sum(self.steps[:first_epoch])  # batches of the epochs a resumed run has trained
 
-    def _stream(self) -> Iterator[dict[str, np.ndarray]]:
+    def _parts(self) -> Iterator[dict[str, np.ndarray]]:
+        """This rank's batches of (epoch, row, item), before decoding."""
         n, skip = len(self.items), self.skip
         pending = {"epoch": np.zeros(0, np.int64), "row": np.zeros(0, np.int64)}
         for epoch in itertools.count():
@@ -254,4 +276,18 @@ class LocalBatches(ShardBatches):
                     skip -= 1
                     continue
                 part["item"] = self.items[part["row"]]
-                yield make_views(part, self.source, self.transform, self.seed)
+                yield part
+
+    def _stream(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.keep:
+            return (make_views(part, self.source, self.transform, self.seed) for part in self._parts())
+        return self._read_ahead()
+
+    def _read_ahead(self) -> Iterator[dict[str, np.ndarray]]:
+        """The next batch's files are read while this one is augmented and trains."""
+        with ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(READ_THREADS) as threads:
+            parts = self._parts()
+            pending = ahead.submit(BatchImages, self.source, next(parts), threads)
+            for part in parts:
+                images, pending = pending.result(), ahead.submit(BatchImages, self.source, part, threads)
+                yield make_views(images.part, images, self.transform, self.seed)

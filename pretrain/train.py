@@ -49,8 +49,8 @@ log = logging.getLogger("labelcurve.pretrain")
 
 LIGHTNING_CKPT = "checkpoint.ckpt"
 PROGRESS_EVERY_S = 60.0  # seconds between progress lines within an epoch
-LOCAL_MAX_IMAGES = 20_000  # pretrain.input=auto: pools up to this size are read by the workers themselves
-LOCAL_MAX_BYTES = 1 << 30  # ... if their decoded copy, kept by each worker, fits in this
+LOCAL_MAX_IMAGES = 20_000  # a local worker keeps the images it decoded for pools up to this size
+LOCAL_MAX_BYTES = 1 << 30  # ... whose decoded copy fits in this
 BACKBONE_FILE = "backbone.safetensors"
 
 
@@ -259,7 +259,9 @@ def _train_worker(config: dict) -> None:
     done = state["epoch"] + 1 if state else 0  # epochs trained before: the data goes on from there
     if config["input"] == "local":
         items, source, transform = ray.get(config["local"])
-        batches = LocalBatches(items, source, transform, config["seed"], rank, world, batch, p.epochs, done)
+        batches = LocalBatches(
+            items, source, transform, config["seed"], rank, world, batch, p.epochs, done, config["keep_decoded"]
+        )
     else:  # the driver's stream starts at the epoch it found checkpointed; a restarted group may be further
         first = config["first_epoch"]
         steps = steps_per_epoch(config["n_images"], world, batch, max(1, p.epochs - first))
@@ -361,17 +363,29 @@ def scaled_lr(lr: float, batch_size: int, num_workers: int) -> float:
     return lr * batch_size * num_workers / 256
 
 
-def input_mode(settings: dict, n_images: int, image_bytes: int = 0) -> str:
+def input_mode(settings: dict, n_images: int, image_bytes: int = 0, spare_cpus: float = 0.0) -> str:
     """Where views are made: Ray Data tasks (``stream``) or each worker for its own shard (``local``).
 
-    ``auto`` takes ``local`` only on CPU workers (a GPU worker would wait for its own
-    augmentations) and for pools of at most ``LOCAL_MAX_IMAGES`` whose decoded copy, which each
-    local worker keeps, stays under ``LOCAL_MAX_BYTES``.
+    ``auto`` streams to GPU workers (a GPU would wait for its own augmentations) and to CPU workers
+    that leave at least one CPU each to Ray Data's tasks (``spare_cpus``: other nodes' or cores'
+    CPUs the stream puts to work), unless the pool is small (at most ``LOCAL_MAX_IMAGES`` images
+    whose decoded copy fits in ``LOCAL_MAX_BYTES``), where the stream's start costs more than it
+    saves. CPU workers that take the cluster's CPUs make their own views: moving them through Ray's
+    object store would only take CPU from training.
     """
     if settings["input"] != "auto":
         return settings["input"]
-    small = n_images <= LOCAL_MAX_IMAGES and n_images * image_bytes <= LOCAL_MAX_BYTES
-    return "local" if small and not settings["use_gpu"] else "stream"
+    if settings["use_gpu"]:
+        return "stream"
+    small = keeps_decoded(n_images, image_bytes)
+    return "local" if small or spare_cpus < settings["num_workers"] else "stream"
+
+
+def keeps_decoded(n_images: int, image_bytes: int) -> bool:
+    """Whether a local worker keeps the images it decoded (it sees the whole pool over a few epochs):
+    only a small pool, of at most ``LOCAL_MAX_IMAGES`` whose decoded copy fits in ``LOCAL_MAX_BYTES``.
+    A larger one is read again every epoch, so what a worker holds has a bound, whatever the pool."""
+    return n_images <= LOCAL_MAX_IMAGES and n_images * image_bytes <= LOCAL_MAX_BYTES
 
 
 def worker_resources(settings: dict, mode: str = "stream") -> dict[str, float] | None:
@@ -412,13 +426,15 @@ def pretrain(
 
     ``settings`` is the ``pretrain`` section as a plain dict. The learning rate is scaled
     linearly with the global batch (``lr * batch_size * num_workers / 256``). The views come
-    from Ray Data tasks or, for small pools, from each worker (:func:`input_mode`); when more
+    from Ray Data tasks or from each worker (:func:`input_mode`); when more
     than ``max_bad_fraction`` of them fail to decode, training stops and
     :class:`TooManyBadImages` names the first bad files.
     """
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
-    mode = input_mode(settings, len(items), data.channels * data.image_size**2)
+    image_bytes = data.channels * data.image_size**2
+    spare = ray.cluster_resources().get("CPU", 0.0) - p.num_workers  # what local workers would leave to Ray Data
+    mode = input_mode(settings, len(items), image_bytes, spare)
     check_resources(settings, mode)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
@@ -448,6 +464,7 @@ def pretrain(
             "input": mode,
             "first_epoch": first,
             "local": ray.put((items, data.source, transform)) if mode == "local" else None,
+            "keep_decoded": keeps_decoded(len(items), image_bytes),
         },
         datasets=datasets,
         scaling_config=ScalingConfig(

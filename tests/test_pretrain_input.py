@@ -19,6 +19,7 @@ from pretrain.train import (
     _EpochReport,
     effective_batch_size,
     input_mode,
+    keeps_decoded,
     pace,
     pretrain,
     scaled_lr,
@@ -39,14 +40,25 @@ def test_a_long_epoch_prints_a_progress_line_a_minute_on_rank_0(caplog):
     assert [r.getMessage() for r in caplog.records] == ["pretrain epoch 1/3  1280/2560 images (50%)  10 img/s"]
 
 
-def test_auto_reads_small_pools_locally_and_streams_large_ones():
-    settings = PretrainConfig().model_dump()
-    assert input_mode(settings, LOCAL_MAX_IMAGES, 3 * 32 * 32) == "local"
-    assert input_mode(settings, LOCAL_MAX_IMAGES + 1, 3 * 32 * 32) == "stream"
-    assert input_mode(settings, 10_000, 3 * 224 * 224) == "stream"  # 1.5 GB decoded, on every worker
-    assert input_mode({**settings, "use_gpu": True}, 100, 3 * 32 * 32) == "stream"  # GPUs wait for no one
+def test_auto_makes_views_where_the_cpus_are():
+    settings = PretrainConfig().model_dump()  # 2 CPU workers
+    small, large = 3 * 32 * 32, 3 * 224 * 224
+    # workers that take the cluster's CPUs make their own views, whatever the pool
+    assert input_mode(settings, LOCAL_MAX_IMAGES, small, spare_cpus=0) == "local"
+    assert input_mode(settings, 10**6, large, spare_cpus=1) == "local"
+    # spare CPUs, one per worker or more, decode and augment a large pool in Ray Data tasks
+    assert input_mode(settings, LOCAL_MAX_IMAGES + 1, small, spare_cpus=2) == "stream"
+    assert input_mode(settings, 10_000, large, spare_cpus=2) == "stream"  # 1.5 GB decoded: not small
+    assert input_mode(settings, LOCAL_MAX_IMAGES, small, spare_cpus=30) == "local"  # the stream's start costs more
+    assert input_mode({**settings, "use_gpu": True}, 100, small) == "stream"  # GPUs wait for no one
     assert input_mode({**settings, "input": "stream"}, 10) == "stream"
     assert input_mode({**settings, "input": "local"}, 10**6) == "local"
+
+
+def test_a_local_worker_keeps_only_a_pool_whose_decoded_copy_fits():
+    assert keeps_decoded(LOCAL_MAX_IMAGES, 3 * 32 * 32)
+    assert not keeps_decoded(LOCAL_MAX_IMAGES + 1, 3 * 32 * 32)  # read again every epoch: memory has a bound
+    assert not keeps_decoded(10_000, 3 * 224 * 224)  # 1.5 GB decoded > LOCAL_MAX_BYTES
 
 
 def test_learning_rate_follows_the_global_batch_that_training_sees():
@@ -63,8 +75,10 @@ def test_the_first_epoch_says_how_long_the_run_will_take():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["local", "stream"])
-def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, tmp_path):
+@pytest.mark.parametrize("mode", ["local", "local-rereading", "stream"])
+def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, tmp_path, monkeypatch):
+    if mode == "local-rereading":  # a pool too large to keep: every epoch reads the files again
+        monkeypatch.setattr("pretrain.train.LOCAL_MAX_BYTES", 0)
     write_image_folder(tmp_path / "labeled", {"a": 40, "b": 40})
     write_image_folder(tmp_path / "extra", {"x": 80}, seed=1)
     data = load_data(
@@ -74,7 +88,12 @@ def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, 
     for path in broken:
         path.write_bytes(b"no longer an image")
     settings = PretrainConfig(
-        epochs=3, batch_size=16, warmup_epochs=0, online_knn=0, input=mode, storage_path=str(tmp_path / "runs")
+        epochs=3,
+        batch_size=16,
+        warmup_epochs=0,
+        online_knn=0,
+        input=mode.split("-")[0],
+        storage_path=str(tmp_path / "runs"),
     ).model_dump()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

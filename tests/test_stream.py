@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +138,13 @@ def _assert_each_image_once_per_epoch(ranks: list[list[list]], n: int, steps: li
     assert orders[0] != orders[1] != orders[2]  # a new file order every epoch
 
 
-def test_local_shards_see_every_image_exactly_once_per_epoch(digits):
+@pytest.mark.parametrize("keep", [True, False])
+def test_local_shards_see_every_image_exactly_once_per_epoch(digits, keep):
     data, transform = digits
     items = data.pretraining_items
     ranks = []
     for rank in range(WORKERS):
-        batches = LocalBatches(items, data.source, transform, 0, rank, WORKERS, BATCH, EPOCHS)
+        batches = LocalBatches(items, data.source, transform, 0, rank, WORKERS, BATCH, EPOCHS, keep=keep)
         epochs = []
         for _ in range(EPOCHS):
             views = [v for v in batches]
@@ -153,15 +157,16 @@ def test_local_shards_see_every_image_exactly_once_per_epoch(digits):
     assert np.array_equal(next(iter(first))[0], next(iter(again))[0])  # reproducible from the seed
 
 
-def test_a_resumed_local_shard_trains_on_what_an_uninterrupted_run_would(digits):
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_resumed_local_shard_trains_on_what_an_uninterrupted_run_would(digits, keep):
     data, transform = digits
     items = data.pretraining_items
-    whole = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS)
+    whole = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS, keep=keep)
     uninterrupted = []
     for _ in range(EPOCHS):
         views = [v[0] for v in whole]
         uninterrupted.append((np.concatenate(whole.seen), torch.cat(views)))
-    resumed = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS, first_epoch=1)
+    resumed = LocalBatches(items, data.source, transform, 0, 1, WORKERS, BATCH, EPOCHS, first_epoch=1, keep=keep)
     for epoch in range(1, EPOCHS):
         views = [v[0] for v in resumed]
         assert np.array_equal(np.concatenate(resumed.seen), uninterrupted[epoch][0])  # same rows, same order
@@ -225,6 +230,47 @@ def test_blocks_keep_their_size_when_a_pool_outgrows_the_read_tasks(digits, monk
         ray.shutdown()
     assert sum(blocks) == n and len(blocks) >= n // (2 * view_source.ROWS_PER_BLOCK)
     assert max(blocks) <= view_source.ROWS_PER_BLOCK + view_source.VIEW_BATCH  # one yield past the target
+
+
+class CountingSource:
+    """An image source that counts its decodes (per item) and how many run at once."""
+
+    def __init__(self, source) -> None:
+        self.source, self.image_size, self.channels = source, source.image_size, source.channels
+        self.reads: Counter[str] = Counter()
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def read(self, item: str):
+        with self.lock:
+            self.reads[item] += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.002)  # a file on a shared filesystem: the read waits, the CPU does not
+        try:
+            return self.source.read(item)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_local_shard_that_keeps_nothing_rereads_its_files_every_epoch_with_the_same_draws(digits):
+    """A pool too large to keep is read again every epoch (the rank's memory does not grow with
+    the pool), a batch's files by several threads at once, and training sees the very views a
+    rank that keeps its images would."""
+    data, transform = digits
+    items = data.pretraining_items[:300]
+    kept, reread = CountingSource(data.source), CountingSource(data.source)
+    keeping = LocalBatches(items, kept, transform, 0, 0, WORKERS, BATCH, EPOCHS, keep=True)
+    rereading = LocalBatches(items, reread, transform, 0, 0, WORKERS, BATCH, EPOCHS, keep=False)
+    for _ in range(EPOCHS):
+        same = [torch.equal(a, b) for x, y in zip(keeping, rereading, strict=True) for a, b in zip(x, y, strict=True)]
+        assert same and all(same)
+        assert np.array_equal(np.concatenate(keeping.seen), np.concatenate(rereading.seen))
+    assert max(kept.reads.values()) == 1  # decoded once, then kept
+    assert sum(reread.reads.values()) >= EPOCHS * len(items) // WORKERS - 2 * BATCH  # every epoch again
+    assert max(reread.reads.values()) >= EPOCHS - 1
+    assert reread.most_at_once > 1 and kept.most_at_once == 1  # the batch's reads overlap
 
 
 def test_local_ranks_share_an_odd_pool_evenly_over_a_long_run(digits):
