@@ -112,8 +112,9 @@ class PretrainConfig(_Section):
     )
     input: Literal["auto", "stream", "local"] = Field(
         "auto",
-        description="stream: decode+augment in Ray Data tasks; local: each worker its own shard; auto: stream "
-        "to GPU workers, and to CPU workers that leave a CPU each to Ray Data for pools over 20,000 images",
+        description="stream: decode+augment in Ray Data tasks; local: each worker its own shard (kept decoded "
+        "up to 20,000 images and 1 GiB); auto: stream to GPU workers, and to CPU workers that leave a CPU each "
+        "to Ray Data when the pool is larger than that; local otherwise",
     )
     augment_cpus: float = Field(
         0.5, gt=0, le=64, description="CPUs each Ray Data decode+augment task reserves (and a CPU worker)"

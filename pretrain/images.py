@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -34,6 +35,10 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image
 #: threads that read and decode files at once (:meth:`ImageSource.read_many`)
 READ_THREADS = min(8, 2 * (os.cpu_count() or 1))
 
+#: held while a process loads its one copy of digits or of a torchvision split: read threads would
+#: each load their own (``functools.cache`` does not lock), 2.7 GB apiece for STL-10's unlabeled split
+_LOADING = threading.Lock()
+
 #: PIL modes whose samples are not 8 bits: scaled by the image's own range, not clipped at 255
 WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
@@ -51,10 +56,12 @@ class ImageSource:
         """``item`` as uint8 ``channels x image_size x image_size``; ``None`` if it cannot be decoded."""
         kind, _, rest = item.partition(":")
         if kind == "digits":
-            array = _digits()[int(rest)]
+            with _LOADING:
+                array = _digits()[int(rest)]
         elif kind in _TORCHVISION and not rest.startswith("//"):
             split, _, index = rest.partition(":")
-            array = _torchvision_split(kind, self.root, split)[int(index)]
+            with _LOADING:
+                array = _torchvision_split(kind, self.root, split)[int(index)]
             array = array.transpose(1, 2, 0) if array.shape[0] == 3 else array
         else:
             try:

@@ -9,6 +9,9 @@ Each image's augmentation is drawn from (seed, epoch, row): new draws every epoc
 rank, reproducibly. A run resumed from a checkpoint streams only its remaining epochs, with the
 orders and draws an uninterrupted run would have had. Decoding and augmentation run in Ray Data
 read tasks, on any CPU of the cluster, never in the training process; no process holds the pool.
+
+:class:`LocalBatches` is the other input: the same epochs and draws, made by each training worker
+for its own shard (CPU workers that take the cluster's CPUs have none to spare for Ray Data).
 """
 
 from __future__ import annotations
@@ -169,6 +172,11 @@ class ShardBatches:
             self._batches = self._stream()
         return next(self._batches, None)
 
+    def close(self) -> None:
+        """Stop what reads ahead (a local rank's read threads) once training is done with the shard."""
+        if hasattr(self._batches, "close"):
+            self._batches.close()
+
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         self.seen, self.images = [], 0
         steps = self.steps[min(self.epoch - self.first_epoch, len(self.steps) - 1)]
@@ -205,16 +213,11 @@ class CachedSource:
 
 
 class BatchImages:
-    """One batch's images, decoded by a few threads ahead of its augmentation.
+    """One batch's decoded images, as the image source :func:`make_views` reads them from."""
 
-    A rank that keeps nothing reads every file again each epoch; threads overlap the reads (PIL
-    releases the GIL while it decodes), which is what a folder outside the page cache, a shared
-    filesystem or an object store is bound by.
-    """
-
-    def __init__(self, source: ImageSource, part: dict[str, np.ndarray], threads: ThreadPoolExecutor) -> None:
-        self.part, self.image_size, self.channels = part, source.image_size, source.channels
-        self.decoded = dict(zip(part["item"], threads.map(source.read, part["item"]), strict=True))
+    def __init__(self, source: ImageSource, items: np.ndarray, arrays: list[np.ndarray | None]) -> None:
+        self.image_size, self.channels = source.image_size, source.channels
+        self.decoded = dict(zip(items, arrays, strict=True))
 
     def read(self, item: str) -> np.ndarray | None:
         return self.decoded[item]
@@ -284,10 +287,18 @@ class LocalBatches(ShardBatches):
         return self._read_ahead()
 
     def _read_ahead(self) -> Iterator[dict[str, np.ndarray]]:
-        """The next batch's files are read while this one is augmented and trains."""
-        with ThreadPoolExecutor(1) as ahead, ThreadPoolExecutor(READ_THREADS) as threads:
+        """Every batch's files are read by a few threads (PIL releases the GIL while it decodes), the
+        next batch's while this one is augmented and trains: a folder outside the page cache, a
+        shared filesystem or an object store is bound by the latency of each read."""
+        threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="labelcurve-read")
+        try:
             parts = self._parts()
-            pending = ahead.submit(BatchImages, self.source, next(parts), threads)
-            for part in parts:
-                images, pending = pending.result(), ahead.submit(BatchImages, self.source, part, threads)
-                yield make_views(images.part, images, self.transform, self.seed)
+            part = next(parts)
+            reads = [threads.submit(self.source.read, item) for item in part["item"]]
+            for following in parts:
+                ahead = [threads.submit(self.source.read, item) for item in following["item"]]
+                images = BatchImages(self.source, part["item"], [read.result() for read in reads])
+                yield make_views(part, images, self.transform, self.seed)
+                part, reads = following, ahead
+        finally:  # without waiting: the generator may be collected on any thread, a reader's too
+            threads.shutdown(wait=False, cancel_futures=True)

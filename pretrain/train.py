@@ -1,8 +1,8 @@
 """Distributed pretraining: a Lightning SSL module trained by Ray Train's ``TorchTrainer``.
 
 The driver calls :func:`pretrain`; each Ray Train worker runs :func:`_train_worker` on its shard
-of the pretraining pool: a Ray Data stream, or for small pools its own slice of the same epochs
-(:mod:`pretrain.stream`). Checkpoints go to ``storage_path`` (a shared path or
+of the pretraining pool: a Ray Data stream, or its own slice of the same epochs, decoded and
+augmented in the worker (:mod:`pretrain.stream`). Checkpoints go to ``storage_path`` (a shared path or
 ``s3://`` on a multi-node cluster): a re-run with the same name, or a worker group restarted after
 a failure, resumes from the latest one. Only plain data crosses into the workers: the pretraining
 settings as a dict and a tracking handle ``{"uri", "run_id"}`` so that rank 0 logs into the one
@@ -299,16 +299,19 @@ def _train_worker(config: dict) -> None:
     )
     if world > 1:
         trainer = prepare_trainer(trainer)
-    if resume is None:
-        with _system_metrics(config.get("tracking"), context):
-            trainer.fit(model, batches)
-        return
-    with resume.as_directory() as folder, _system_metrics(config.get("tracking"), context):
-        if done >= p.epochs:  # finished before: hand the same checkpoint back
-            checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
-            ray.train.report({"epoch": p.epochs}, checkpoint=checkpoint)
+    try:
+        if resume is None:
+            with _system_metrics(config.get("tracking"), context):
+                trainer.fit(model, batches)
             return
-        trainer.fit(model, batches, ckpt_path=str(Path(folder, LIGHTNING_CKPT)), weights_only=True)
+        with resume.as_directory() as folder, _system_metrics(config.get("tracking"), context):
+            if done >= p.epochs:  # finished before: hand the same checkpoint back
+                checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
+                ray.train.report({"epoch": p.epochs}, checkpoint=checkpoint)
+                return
+            trainer.fit(model, batches, ckpt_path=str(Path(folder, LIGHTNING_CKPT)), weights_only=True)
+    finally:
+        batches.close()  # a local rank's read threads
 
 
 def epochs_checkpointed(storage: str, name: str) -> int:
@@ -381,6 +384,13 @@ def input_mode(settings: dict, n_images: int, image_bytes: int = 0, spare_cpus: 
     return "local" if small or spare_cpus < settings["num_workers"] else "stream"
 
 
+_INPUT_LINES = {
+    "stream": "in Ray Data tasks, streamed to the workers (pretrain.input=stream)",
+    ("local", True): "by each worker for its shard, keeping the decoded pool (pretrain.input=local)",
+    ("local", False): "by each worker for its shard, reading the files again every epoch (pretrain.input=local)",
+}
+
+
 def keeps_decoded(n_images: int, image_bytes: int) -> bool:
     """Whether a local worker keeps the images it decoded (it sees the whole pool over a few epochs):
     only a small pool, of at most ``LOCAL_MAX_IMAGES`` whose decoded copy fits in ``LOCAL_MAX_BYTES``.
@@ -433,8 +443,11 @@ def pretrain(
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
     image_bytes = data.channels * data.image_size**2
-    spare = ray.cluster_resources().get("CPU", 0.0) - p.num_workers  # what local workers would leave to Ray Data
+    local_cpus = (worker_resources(settings, "local") or {}).get("CPU", 1.0) * p.num_workers
+    spare = ray.cluster_resources().get("CPU", 0.0) - local_cpus  # what local workers would leave to Ray Data
     mode = input_mode(settings, len(items), image_bytes, spare)
+    keep = keeps_decoded(len(items), image_bytes)
+    log.info("pretrain: views made %s", _INPUT_LINES[mode] if mode == "stream" else _INPUT_LINES[mode, keep])
     check_resources(settings, mode)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
@@ -464,7 +477,7 @@ def pretrain(
             "input": mode,
             "first_epoch": first,
             "local": ray.put((items, data.source, transform)) if mode == "local" else None,
-            "keep_decoded": keeps_decoded(len(items), image_bytes),
+            "keep_decoded": keep,
         },
         datasets=datasets,
         scaling_config=ScalingConfig(

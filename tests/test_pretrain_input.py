@@ -76,7 +76,7 @@ def test_the_first_epoch_says_how_long_the_run_will_take():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["local", "local-rereading", "stream"])
-def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, tmp_path, monkeypatch):
+def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, tmp_path, monkeypatch, caplog):
     if mode == "local-rereading":  # a pool too large to keep: every epoch reads the files again
         monkeypatch.setattr("pretrain.train.LOCAL_MAX_BYTES", 0)
     write_image_folder(tmp_path / "labeled", {"a": 40, "b": 40})
@@ -97,10 +97,16 @@ def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, 
     ).model_dump()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(TooManyBadImages, match=r"pretraining images failed to decode") as error:
+        with (
+            pytest.raises(TooManyBadImages, match=r"pretraining images failed to decode") as error,
+            caplog.at_level(logging.INFO, logger="labelcurve.pretrain"),
+        ):
             pretrain(settings, data, name=f"bad-{mode}", max_bad_fraction=0.01)
         assert any(str(path) in str(error.value) for path in broken)
         result = pretrain(settings, data, name=f"tolerant-{mode}", max_bad_fraction=0.5)
     finally:
         ray.shutdown()
     assert 3 <= result.bad_images <= 30 and len(result.losses) == 3  # skipped, counted, trained on the rest
+    said = {"local": "keeping the decoded pool", "local-rereading": "reading the files again every epoch"}
+    assert f"pretrain: views made {'in Ray Data tasks' if mode == 'stream' else 'by each worker'}" in caplog.text
+    assert said.get(mode, "streamed to the workers") in caplog.text

@@ -273,6 +273,28 @@ def test_a_local_shard_that_keeps_nothing_rereads_its_files_every_epoch_with_the
     assert reread.most_at_once > 1 and kept.most_at_once == 1  # the batch's reads overlap
 
 
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_rereading_local_shard_reads_the_next_batch_while_this_one_trains_and_stops_its_threads(digits):
+    data, transform = digits
+    earlier = set(threading.enumerate())  # other tests' shards stop theirs when they are collected
+    source = CountingSource(data.source)
+    batches = LocalBatches(data.pretraining_items[:300], source, transform, 0, 0, WORKERS, BATCH, EPOCHS, keep=False)
+    first = iter(batches)
+    next(first)  # the first batch is in training: the second one's files are being read
+    assert _wait_for(lambda: sum(source.reads.values()) == 2 * BATCH)
+    readers = lambda: [t for t in set(threading.enumerate()) - earlier if t.name.startswith("labelcurve-read")]  # noqa: E731
+    assert readers()
+    batches.close()  # training is done with the shard
+    assert _wait_for(lambda: not readers())
+    assert sum(source.reads.values()) == 2 * BATCH  # nothing read after
+
+
 def test_local_ranks_share_an_odd_pool_evenly_over_a_long_run(digits):
     data, _ = digits
     items = data.pretraining_items[:7]  # 7 images on 2 ranks: one rank would get 3 per epoch
