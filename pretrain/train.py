@@ -384,6 +384,11 @@ def input_mode(settings: dict, n_images: int, image_bytes: int = 0, spare_cpus: 
     return "local" if small or spare_cpus < settings["num_workers"] else "stream"
 
 
+def spare_cpus(settings: dict, cluster_cpus: float) -> float:
+    """The CPUs of the cluster that local workers would leave to Ray Data's tasks."""
+    return cluster_cpus - (worker_resources(settings, "local") or {}).get("CPU", 1.0) * settings["num_workers"]
+
+
 _INPUT_LINES = {
     "stream": "in Ray Data tasks, streamed to the workers (pretrain.input=stream)",
     ("local", True): "by each worker for its shard, keeping the decoded pool (pretrain.input=local)",
@@ -443,9 +448,7 @@ def pretrain(
     p = SimpleNamespace(**settings)
     items = data.pretraining_items
     image_bytes = data.channels * data.image_size**2
-    local_cpus = (worker_resources(settings, "local") or {}).get("CPU", 1.0) * p.num_workers
-    spare = ray.cluster_resources().get("CPU", 0.0) - local_cpus  # what local workers would leave to Ray Data
-    mode = input_mode(settings, len(items), image_bytes, spare)
+    mode = input_mode(settings, len(items), image_bytes, spare_cpus(settings, ray.cluster_resources().get("CPU", 0.0)))
     keep = keeps_decoded(len(items), image_bytes)
     log.info("pretrain: views made %s", _INPUT_LINES[mode] if mode == "stream" else _INPUT_LINES[mode, keep])
     check_resources(settings, mode)

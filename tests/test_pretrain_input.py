@@ -23,6 +23,7 @@ from pretrain.train import (
     pace,
     pretrain,
     scaled_lr,
+    spare_cpus,
 )
 from tests.conftest import write_image_folder
 
@@ -53,6 +54,13 @@ def test_auto_makes_views_where_the_cpus_are():
     assert input_mode({**settings, "use_gpu": True}, 100, small) == "stream"  # GPUs wait for no one
     assert input_mode({**settings, "input": "stream"}, 10) == "stream"
     assert input_mode({**settings, "input": "local"}, 10**6) == "local"
+
+
+def test_spare_cpus_are_what_the_training_workers_leave():
+    settings = PretrainConfig(num_workers=2).model_dump()
+    assert spare_cpus(settings, 8) == 6  # a local CPU worker takes one CPU
+    assert spare_cpus({**settings, "resources_per_worker": {"CPU": 4}}, 8) == 0  # they take them all
+    assert input_mode(settings, 10**6, 3 * 32 * 32, spare_cpus(settings, 2)) == "local"  # this 2-core machine
 
 
 def test_a_local_worker_keeps_only_a_pool_whose_decoded_copy_fits():
