@@ -151,6 +151,7 @@ def _pretrained_backbone(
             seed=seed,
             tracking={"uri": tracker.uri, "run_id": run_id},
             max_bad_fraction=cfg.data.max_bad_fraction,
+            say=console.print,
         )
     except KeyboardInterrupt:
         tracker.finish(run_id, "KILLED")

@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -436,13 +436,14 @@ def pretrain(
     seed: int = 0,
     tracking: dict | None = None,
     max_bad_fraction: float = 0.01,
+    say: Callable[[str], object] = log.info,
 ) -> PretrainResult:
     """Pretrain a backbone on ``data.pretraining_items`` with ``settings['num_workers']`` Ray workers.
 
     ``settings`` is the ``pretrain`` section as a plain dict. The learning rate is scaled
     linearly with the global batch (``lr * batch_size * num_workers / 256``). The views come
-    from Ray Data tasks or from each worker (:func:`input_mode`); when more
-    than ``max_bad_fraction`` of them fail to decode, training stops and
+    from Ray Data tasks or from each worker (:func:`input_mode`), and ``say`` tells which; when
+    more than ``max_bad_fraction`` of them fail to decode, training stops and
     :class:`TooManyBadImages` names the first bad files.
     """
     p = SimpleNamespace(**settings)
@@ -450,7 +451,7 @@ def pretrain(
     image_bytes = data.channels * data.image_size**2
     mode = input_mode(settings, len(items), image_bytes, spare_cpus(settings, ray.cluster_resources().get("CPU", 0.0)))
     keep = keeps_decoded(len(items), image_bytes)
-    log.info("pretrain: views made %s", _INPUT_LINES[mode] if mode == "stream" else _INPUT_LINES[mode, keep])
+    say(f"pretraining: views made {_INPUT_LINES[mode] if mode == 'stream' else _INPUT_LINES[mode, keep]}")
     check_resources(settings, mode)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None

@@ -116,5 +116,5 @@ def test_files_that_break_after_listing_stop_pretraining_with_their_names(mode, 
         ray.shutdown()
     assert 3 <= result.bad_images <= 30 and len(result.losses) == 3  # skipped, counted, trained on the rest
     said = {"local": "keeping the decoded pool", "local-rereading": "reading the files again every epoch"}
-    assert f"pretrain: views made {'in Ray Data tasks' if mode == 'stream' else 'by each worker'}" in caplog.text
+    assert f"pretraining: views made {'in Ray Data tasks' if mode == 'stream' else 'by each worker'}" in caplog.text
     assert said.get(mode, "streamed to the workers") in caplog.text
