@@ -380,3 +380,33 @@ def test_summary_names_the_layout_classes_and_split_sizes(tmp_path):
     write_image_folder(tmp_path / "many", {f"c{i:02d}": 2 for i in range(12)})
     many = plan_data(_folder(tmp_path / "many", test_fraction=0.5)).summary()
     assert "12 classes (c00 1, c01 1, c02 1" in many and "c09 1, 2 more)" in many and "c10" not in many
+
+
+def test_read_threads_share_one_load_of_an_in_memory_dataset(monkeypatch):
+    """A rereading local rank reads with several threads: the first reads must load digits (or a
+    torchvision split, 2.7 GB for STL-10's unlabeled one) once per process, not once per thread."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sklearn.datasets
+
+    import pretrain.images as images
+
+    loads = []
+    real = sklearn.datasets.load_digits
+
+    def slow_load(*args, **kwargs):
+        loads.append(1)
+        time.sleep(0.2)  # every thread arrives while the first one loads
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", slow_load)
+    images._digits.cache_clear()
+    try:
+        source = ImageSource(image_size=8, channels=1)
+        with ThreadPoolExecutor(8) as threads:
+            arrays = list(threads.map(source.read, [f"digits:{i}" for i in range(8)]))
+    finally:
+        images._digits.cache_clear()
+    assert len(loads) == 1
+    assert all(a is not None and a.shape == (1, 8, 8) for a in arrays)
