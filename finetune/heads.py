@@ -15,6 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from finetune.labeled import LabeledImages
+
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, c: float = 1.0) -> np.ndarray:
     """Multinomial logistic regression on standardized embeddings; returns test predictions."""
@@ -46,7 +48,7 @@ def training_steps(n_labels: int, *, epochs: float, batch_size: int, min_steps: 
 def fine_tune(
     backbone: nn.Module,
     n_classes: int,
-    images: torch.Tensor,
+    images: torch.Tensor | LabeledImages,
     labels: torch.Tensor,
     *,
     steps: int,
@@ -56,7 +58,8 @@ def fine_tune(
     seed: int,
 ) -> nn.Module:
     """Train ``backbone`` + a linear head on normalized ``images`` for ``steps`` optimizer steps
-    (:func:`training_steps` sizes them to the subset)."""
+    (:func:`training_steps` sizes them to the subset). ``images`` is a tensor or a
+    :class:`LabeledImages`, which decodes each batch as it is drawn: the same batches either way."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = nn.Sequential(backbone, nn.Linear(backbone.feature_dim, n_classes))

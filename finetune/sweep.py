@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from finetune.arms import BY_NAME, LINEAR, start_key
 from finetune.budgets import Budget, subset_indices
 from finetune.heads import fine_tune, linear_probe, predict, training_steps
+from finetune.labeled import LabeledImages, decode
 from pretrain.backbones import build_backbone
 from pretrain.data import StudyData
 from pretrain.images import ImageSource
@@ -100,7 +101,7 @@ class SweepInputs:
 
     def images(self, items: list[str], start: Start) -> torch.Tensor:
         """The images of ``items`` decoded and normalized for ``start``."""
-        return normalize(self.source.read_many(items)[0], start.mean, start.std)
+        return normalize(decode(self.source, items), start.mean, start.std)
 
 
 def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSpec]:
@@ -141,7 +142,7 @@ def run_one(spec: RunSpec, inputs: SweepInputs, settings: dict) -> RunResult:
         model = fine_tune(
             start.build(),
             inputs.n_classes,
-            inputs.images([inputs.pool_items[i] for i in index], start),
+            LabeledImages([inputs.pool_items[i] for i in index], inputs.source, start.mean, start.std),
             torch.as_tensor(inputs.pool_y[index]),
             steps=training_steps(
                 len(index),
