@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from contextlib import nullcontext
 
 import click
 
@@ -13,7 +14,14 @@ from cluster.console import make_console
 from cluster.prepare import prepare_study
 from cluster.ray_runtime import use_token_if_available
 from cluster.supervise import run_supervised, supervised
-from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
+from cluster.tracking_server import (
+    TrackingError,
+    check_tracking_server,
+    redacted,
+    runs_url,
+    store_exists,
+    tracking_uri,
+)
 from pretrain.errors import LabelcurveError
 
 
@@ -59,10 +67,16 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         if cfg.ray.address:
             use_token_if_available()  # before Ray is first imported
         console = make_console()
-        prepared = prepare_study(cfg, console)
-        from cluster.study import run_study  # torch, Ray, MLflow: only once the input is known to be good
+        held = nullcontext()
+        if store_exists(tracking_uri()):  # MLflow only for a store that is there: bad input stays fast
+            from cluster.lease import existing_study_lease  # a second driver is refused before data is read
 
-        run_study(cfg, console, prepared)
+            held = existing_study_lease(tracking_uri(), cfg.study, console.print)
+        with held:
+            prepared = prepare_study(cfg, console)
+            from cluster.study import run_study  # torch, Ray, MLflow: only once the input is known to be good
+
+            run_study(cfg, console, prepared)
     except LabelcurveError as error:
         raise UserError(str(error)) from None
     except KeyboardInterrupt:

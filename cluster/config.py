@@ -267,6 +267,21 @@ class StudyConfig(_Section):
         """A short hash of the settings that change results; the grid lists do not, nor do
         where and how often things are stored, retried, monitored or named
         (:data:`NOT_IN_FINGERPRINT`), nor the option blocks of methods not chosen."""
+        return _digest(self._settings(*sections))
+
+    def pretraining_fingerprint(self, data_digest: str, repeat: int = 0) -> str:
+        """What makes two pretrainings the same: the data (settings and manifest digest), the
+        pretraining settings and the pretraining's own seed (the study seed + ``repeat``). The one
+        rule for "the same pretraining": it names the Ray Train run and tags the pretraining run
+        and its model version, so that a study that differs only in fine-tuning, or in the number
+        of repeats, reuses a finished pretraining instead of registering its weights again."""
+        dump = self._settings("data", "pretrain")
+        dump["pretrain"].pop("repeats", None)
+        dump.update(seed=self.seed + repeat, data_digest=data_digest)
+        return _digest(dump)
+
+    def _settings(self, *sections: str) -> dict[str, Any]:
+        """The settings of ``sections`` (and the seed) that change results, as plain JSON."""
         # exclude_none: a new optional setting (default None) must not orphan existing studies
         dump = self.model_dump(mode="json", include=set(sections) | {"seed"}, exclude_none=True)
         for section, keys in NOT_IN_FINGERPRINT.items():
@@ -274,7 +289,11 @@ class StudyConfig(_Section):
                 dump.get(section, {}).pop(key, None)
         if "pretrain" in dump:
             dump["pretrain"]["options"] = self.pretrain.options.get(self.pretrain.method, {})
-        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
+        return dump
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 #: settings that change no result: a study run locally and then submitted to a cluster (which

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +23,7 @@ from cluster.config import StudyConfig
 from cluster.console import make_console, progress_bars
 from cluster.embeddings import StudyEmbeddings
 from cluster.journal import Journal, replay
-from cluster.lease import StudyLease, close_abandoned
+from cluster.lease import StudyLease, check_lease, close_abandoned, study_lease
 from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
@@ -34,9 +35,11 @@ from cluster.tracking import (
     N_CLASSES,
     POOL_SIZE,
     PRETRAIN,
+    PRETRAINING,
     StudyTracker,
     TrackingUnreachable,
 )
+from cluster.tracking_server import check_tracking_server, tracking_uri
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER, start_key
 from finetune.budgets import check_budgets, labels_per_class, subset_indices
 from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
@@ -116,22 +119,28 @@ def _pretrained_backbone(
     cfg, data, tracker: StudyTracker, parent: str, embeddings, console: Console, repeat: int = 0
 ) -> tuple[dict, dict[str, str]]:
     """The backbone weights of pretraining ``repeat`` (seed: the study seed + ``repeat``): from a
-    FINISHED pretraining run of this study, else trained now, saved as safetensors with its card,
-    and registered as a new model version; and the tags naming that run and version, for the
-    labeled runs that start from it."""
+    FINISHED pretraining run of the same pretraining (:meth:`StudyConfig.pretraining_fingerprint`,
+    in any study run of the study), else trained now, saved as safetensors with its card, and
+    registered as a new model version; and the tags naming that run and version, for the labeled
+    runs that start from it."""
     key = start_key(SSL, repeat, cfg.pretrain.repeats).replace(SSL, PRETRAIN, 1)
     seed = cfg.seed + repeat
     of = f" {repeat + 1}/{cfg.pretrain.repeats}" if cfg.pretrain.repeats > 1 else ""
+    same = cfg.pretraining_fingerprint(data.digest, repeat)
     previous = tracker.children(parent, PRETRAIN).get(key)
-    if previous is not None and previous.info.status == FINISHED:
-        console.print(f"pretraining{of}: reusing finished run {previous.info.run_id}")
-        state, _ = read_backbone(fetch(f"runs:/{previous.info.run_id}"))
-        versions = tracker.client.search_model_versions(f"run_id = '{previous.info.run_id}'")
-        model = f"models:/{versions[0].name}/{versions[0].version}" if versions else None
-        return state, _start_tags(previous.info.run_id, model)
+    finished = reusable_pretraining(tracker, same, previous)
+    if finished is not None:
+        run, model = finished
+        run_id, elsewhere = run.info.run_id, run.data.tags.get(MLFLOW_PARENT_RUN_ID, parent)
+        why = "" if elsewhere == parent else f" of study run {elsewhere} (same data and pretraining settings)"
+        console.print(f"pretraining{of}: reusing finished run {run_id}{why}" + (f" and {model}" if model else ""))
+        state, _ = read_backbone(fetch(f"runs:/{run_id}"))
+        return state, _start_tags(run_id, model)
     params = {f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()}
     run_name = f"pretrain-{cfg.pretrain.method}" + (f"-r{repeat}" if repeat else "")
-    run_id = tracker.start_child(parent, PRETRAIN, key, run_name, {**params, "pretrain.seed": seed}, previous)
+    run_id = tracker.start_child(
+        parent, PRETRAIN, key, run_name, {**params, "pretrain.seed": seed}, previous, {PRETRAINING: same}
+    )
     p = cfg.pretrain
     console.print(
         f"pretraining{of}: {p.method} on {len(data.pretraining_items)} images, {p.num_workers} Ray Train workers, "
@@ -147,7 +156,7 @@ def _pretrained_backbone(
         result = pretrain(
             p.model_dump(),
             data,
-            name=f"{cfg.study}-{cfg.fingerprint('data', 'pretrain')}-{data.digest}" + (f"-r{repeat}" if repeat else ""),
+            name=f"{cfg.study}-pretrain-{same}",  # Ray Train resumes a run of this name: the same pretraining
             seed=seed,
             tracking={"uri": tracker.uri, "run_id": run_id},
             max_bad_fraction=cfg.data.max_bad_fraction,
@@ -159,6 +168,7 @@ def _pretrained_backbone(
     except BaseException:
         tracker.finish(run_id, "FAILED")
         raise
+    check_lease()  # Ray Tune ends training gracefully on an interrupt: not a finished pretraining
     card = _card(cfg, data, run_id)
     torch.manual_seed(seed)  # the init pretraining started from
     initial = build_backbone(p.backbone, data.channels, data.image_size, **card.options)
@@ -181,6 +191,7 @@ def _pretrained_backbone(
         tracker.client.log_artifacts(run_id, str(save_backbone(folder, result.backbone_state, card)), ARTIFACT_DIR)
     model = p.model_name or default_model_name(p.method, p.backbone, _dataset_name(cfg))
     version = register(tracker.client, model, run_id, card)
+    tracker.client.set_model_version_tag(model, version, PRETRAINING, same)
     tracker.finish(run_id)
     console.print(
         f"pretraining{of}: done in {result.seconds:.0f} s, kNN accuracy {card.knn_accuracy:.3f} "
@@ -188,6 +199,19 @@ def _pretrained_backbone(
         f"registered models:/{model}/{version} (models:/{model}@latest)"
     )
     return result.backbone_state, _start_tags(run_id, f"models:/{model}/{version}")
+
+
+def reusable_pretraining(tracker: StudyTracker, fingerprint: str, previous=None) -> tuple[Run, str | None] | None:
+    """The finished pretraining run of ``fingerprint`` and its model version (``models:/NAME/V``),
+    from any study run of the study; or ``previous``, this study run's pretraining run, when it
+    finished under an earlier release (without the fingerprint tag). None: pretrain now."""
+    found = tracker.finished_pretraining(fingerprint)
+    if found is None and previous is not None and previous.info.status == FINISHED:
+        found = previous
+    if found is None:
+        return None
+    versions = tracker.client.search_model_versions(f"run_id = '{found.info.run_id}'")
+    return found, f"models:/{versions[0].name}/{versions[0].version}" if versions else None
 
 
 def _start_tags(run_id: str | None, model: str | None) -> dict[str, str]:
@@ -314,9 +338,18 @@ def _description(cfg: StudyConfig, table: pd.DataFrame) -> str:
 
 def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepared | None = None) -> StudyOutcome:
     """Run (or resume) the study described by ``cfg``; returns the summary. ``prepared``: the
-    outcome of :func:`cluster.prepare.prepare_study` when the caller already checked the input."""
+    outcome of :func:`cluster.prepare.prepare_study` when the caller already checked the input.
+    The study's lease comes first (:mod:`cluster.lease`), so that a second driver is refused
+    before it lists or decodes any data (the CLI takes it before its own checks when the study exists)."""
     console = console or make_console()
-    prepared = prepared or prepare_study(cfg, console)
+    uri = prepared.uri if prepared else tracking_uri()
+    check_tracking_server(uri)
+    with study_lease(uri, cfg.study, console.print) as lease:
+        return _run_study(cfg, console, prepared or prepare_study(cfg, console), lease)
+
+
+def _run_study(cfg: StudyConfig, console: Console, prepared: Prepared, lease: StudyLease) -> StudyOutcome:
+    """:func:`run_study` under the study's lease."""
     if prepared.init:  # the fingerprint names the concrete version, not a moving alias
         cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init": prepared.init})})
     use_store(prepared.uri)
@@ -326,7 +359,6 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
     _report_data(console, prepared.plan, data)
     check_budgets(cfg.finetune.budgets, data.class_counts())  # on what decoded, not on what was listed
     parent, resumed = tracker.open_parent(config_fingerprint, data.digest, cfg.model_dump(mode="json"))
-    lease = StudyLease(prepared.uri, cfg.study, parent, say=console.print).take()  # before the run is written to
     journal = Journal.of(cfg.study, parent)
     try:
         close_abandoned(tracker, parent, console.print)
@@ -364,6 +396,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
             settings = cfg.finetune.model_dump()
             with progress_bars(console, "") as advance:
                 for result in run_sweep(todo, inputs, settings):
+                    check_lease()  # stop at once when another driver may have taken the study over
                     journal.keep(result)  # on local disk first: a tracking server outage loses no finished run
                     _log_result(tracker, parent, result, recorded.get(result.spec.key), record)
                     journal.drop(result.spec.key)
@@ -387,10 +420,9 @@ def run_study(cfg: StudyConfig, console: Console | None = None, prepared: Prepar
     except TrackingUnreachable as error:  # the study run cannot be marked KILLED: the next run resumes it
         raise journal.kept(error) from None
     except BaseException:
-        tracker.finish(parent, "KILLED")
+        if not lease.lost:  # a lost lease: the study run may be another driver's now, and the server unreachable
+            tracker.finish(parent, "KILLED")
         raise
-    finally:
-        lease.release()
     _print_table(console, table, cfg.study)
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
     return StudyOutcome(parent, tracker.experiment_id, table, frame, len(todo), skipped)

@@ -29,6 +29,7 @@ from pretrain.run_log import bound_http_retries, unreachable
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
 N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
+PRETRAINING = "labelcurve.pretraining"  # on pretraining runs and model versions: StudyConfig.pretraining_fingerprint
 POOL_SIZE = "labelcurve.pool_size"  # labeled pool images: the backtest's default cut is a share of it
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -196,6 +197,13 @@ class StudyTracker:
             if key not in by_key or run.info.status == FINISHED:
                 by_key[key] = run
         return by_key
+
+    def finished_pretraining(self, fingerprint: str):
+        """The latest FINISHED pretraining run of this fingerprint in any study run of the study:
+        a study that differs from an earlier one only in fine-tuning reuses its pretraining."""
+        same = f"tags.`{PRETRAINING}` = '{fingerprint}'"
+        found = self._search(f"tags.`{ROLE}` = '{PRETRAIN}'", same, f"attributes.status = '{FINISHED}'")
+        return found[-1] if found else None
 
     def running_studies(self) -> list:
         """Study runs whose status is RUNNING: held by a live driver, or left by a killed one."""

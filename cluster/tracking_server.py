@@ -44,6 +44,20 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store (the default one included), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0])
+
+
+def store_exists(uri: str) -> bool:
+    """Whether MLflow would open a store at ``uri`` rather than create one: a SQLite file that is
+    there (a server or another database counts as there)."""
+    path = _sqlite_file(uri)
+    return path is None or path.is_file()
+
+
 def runs_url(base: str, experiment_id: str) -> str:
     """A study's runs table in the MLflow UI at ``base``. MLflow 3 opens ``#/experiments/ID`` on its
     GenAI overview (traces, token usage); the runs are under ``/runs`` with the machine-learning workflow."""

@@ -1,7 +1,8 @@
-"""Two drivers on one study: the lease on its study run, against a real ``mlflow server``."""
+"""Two drivers on one study: the lease on its MLflow experiment, against a real ``mlflow server``."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,13 +16,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from cluster.lease import HEARTBEAT, HOLDER, HOST, PID, SINCE, LeaseHeld, StudyLease, close_abandoned
-from cluster.tracking import PRETRAIN, ROLE, STUDY, StudyTracker
+from cluster.lease import LEASE, LeaseHeld, LeaseLost, StudyLease, close_abandoned, study_lease
+from cluster.tracking import PRETRAIN, STUDY, StudyTracker
 from tests.conftest import free_port, mlflow_server
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-LEASE_TAGS = {HOLDER, HOST, PID, SINCE, HEARTBEAT}
 
 # A driver in its own process; each step starts when the test says go, for all drivers at once.
 DRIVER = textwrap.dedent(
@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent(
     StudyTracker(f"sqlite:///{sys.argv[3]}", "fresh")  # a new SQLite store, created by both at once
     ready()
     try:
-        StudyLease(sys.argv[1], "leased", sys.argv[2], heartbeat_s=0.5).take()
+        StudyLease(sys.argv[1], sys.argv[2], heartbeat_s=0.5).take()
     except LeaseHeld as refused:
         print(refused, flush=True)
         sys.exit(3)
@@ -52,19 +52,17 @@ def server(tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-def study_run(server: str, fingerprint: str) -> str:
-    return StudyTracker(server, "leased").open_parent(fingerprint, "data", {})[0]
+def lease_of(server: str, study: str) -> dict | None:
+    """The lease tag of ``study``'s experiment, read back."""
+    tag = MlflowClient(server).get_experiment_by_name(study).tags.get(LEASE)
+    return json.loads(tag) if tag else None
 
 
-def tags(server: str, run_id: str) -> dict[str, str]:
-    return MlflowClient(server).get_run(run_id).data.tags
-
-
-def write_lease(server: str, run_id: str, host: str, pid: int, heartbeat: datetime) -> None:
+def write_lease(server: str, study: str, host: str, pid: int, heartbeat: datetime) -> None:
     stamp = heartbeat.isoformat(timespec="seconds")
-    lease = {HOLDER: f"{host}:{pid}:test", HOST: host, PID: str(pid), SINCE: stamp, HEARTBEAT: stamp}
-    for key, value in lease.items():
-        MlflowClient(server).set_tag(run_id, key, value)
+    lease = {"holder": f"{host}:{pid}:test", "host": host, "pid": pid, "since": stamp, "heartbeat": stamp}
+    experiment_id = StudyTracker(server, study).experiment_id
+    MlflowClient(server).set_experiment_tag(experiment_id, LEASE, json.dumps(lease))
 
 
 def go_together(processes: list[subprocess.Popen]) -> None:
@@ -84,8 +82,7 @@ def wait_until(condition, seconds: float) -> None:
 
 
 def test_two_drivers_starting_at_once_share_a_new_store_and_only_one_runs(server, tmp_path):
-    run_id = study_run(server, "race")
-    command = [sys.executable, "-c", DRIVER, server, run_id, str(tmp_path / "mlflow.db")]
+    command = [sys.executable, "-c", DRIVER, server, "leased", str(tmp_path / "mlflow.db")]
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     drivers = [subprocess.Popen(command, cwd=REPO, text=True, **pipes) for _ in range(2)]
     try:
@@ -97,19 +94,20 @@ def test_two_drivers_starting_at_once_share_a_new_store_and_only_one_runs(server
         assert refused.returncode == 3, refused.stderr.read()[-2000:]  # and the other one keeps running
         assert holder.poll() is None and holder.stdout.readline().strip() == "held"
         assert f"is being run by pid {holder.pid} on host {socket.gethostname()}" in refused.stdout.read()
-        held = tags(server, run_id)
-        assert held[HOLDER].startswith(f"{socket.gethostname()}:{holder.pid}:") and held[PID] == str(holder.pid)
+        held = lease_of(server, "leased")
+        assert held["holder"].startswith(f"{socket.gethostname()}:{holder.pid}:") and held["pid"] == holder.pid
 
         with pytest.raises(LeaseHeld) as third:
-            StudyLease(server, "leased", run_id).take()
+            StudyLease(server, "leased").take()
         message = str(third.value)
         assert message.startswith(
-            f"study 'leased' is being run by pid {holder.pid} on host {socket.gethostname()} since {held[SINCE]} "
+            f"study 'leased' is being run by pid {holder.pid} on host {socket.gethostname()} since {held['since']} "
         )
         assert message.endswith("s ago): wait for it or stop it; a lease older than 60 s is taken over")
-        assert tags(server, run_id)[HOLDER] == held[HOLDER]  # refused takers write nothing
+        assert lease_of(server, "leased")["holder"] == held["holder"]  # refused takers write nothing
 
-        wait_until(lambda: tags(server, run_id)[HEARTBEAT] > held[HEARTBEAT], 10)  # the holder's heartbeat advances
+        # the holder's heartbeat advances
+        wait_until(lambda: lease_of(server, "leased")["heartbeat"] > held["heartbeat"], 10)
     finally:
         for driver in drivers:
             driver.kill()
@@ -117,39 +115,37 @@ def test_two_drivers_starting_at_once_share_a_new_store_and_only_one_runs(server
 
 
 def test_a_stale_lease_is_taken_over_with_a_line_saying_why(server):
-    run_id = study_run(server, "stale")
     said: list[str] = []
 
     # Another host's driver whose heartbeat stopped five minutes ago.
-    write_lease(server, run_id, "elsewhere", 4242, datetime.now(timezone.utc) - timedelta(minutes=5))
-    lease = StudyLease(server, "leased", run_id, say=said.append).take()
+    write_lease(server, "stale", "elsewhere", 4242, datetime.now(timezone.utc) - timedelta(minutes=5))
+    lease = StudyLease(server, "stale", say=said.append).take()
     (line,) = said
-    assert line.startswith("lease: taking over study 'leased' from pid 4242 on host elsewhere (last heartbeat 30")
+    assert line.startswith("lease: taking over study 'stale' from pid 4242 on host elsewhere (last heartbeat 30")
     assert line.endswith(" s ago)")
-    assert tags(server, run_id)[HOLDER] == lease.token and tags(server, run_id)[PID] == str(os.getpid())
+    assert lease_of(server, "stale")["holder"] == lease.token and lease_of(server, "stale")["pid"] == os.getpid()
     lease.release()
 
     # A driver on this host whose process is gone: its fresh heartbeat does not matter.
     gone = subprocess.Popen(["true"])
     gone.wait()
-    write_lease(server, run_id, socket.gethostname(), gone.pid, datetime.now(timezone.utc))
-    lease = StudyLease(server, "leased", run_id, say=said.append).take()
-    assert said[-1] == f"lease: taking over study 'leased' from pid {gone.pid} on host {socket.gethostname()} " + (
+    write_lease(server, "stale", socket.gethostname(), gone.pid, datetime.now(timezone.utc))
+    lease = StudyLease(server, "stale", say=said.append).take()
+    assert said[-1] == f"lease: taking over study 'stale' from pid {gone.pid} on host {socket.gethostname()} " + (
         f"(pid {gone.pid} is no longer running)"
     )
-    assert tags(server, run_id)[HOLDER] == lease.token
+    assert lease_of(server, "stale")["holder"] == lease.token
     lease.release()
 
 
 def test_release_removes_the_lease(server):
-    run_id = study_run(server, "release")
-    lease = StudyLease(server, "leased", run_id, heartbeat_s=0.2).take()
-    assert set(tags(server, run_id)) >= LEASE_TAGS
+    lease = StudyLease(server, "release", heartbeat_s=0.2).take()
+    assert lease_of(server, "release")["holder"] == lease.token
     time.sleep(0.5)  # a heartbeat or two in flight
     lease.release()
-    assert not LEASE_TAGS & set(tags(server, run_id))
+    assert lease_of(server, "release") is None
     said: list[str] = []
-    StudyLease(server, "leased", run_id, say=said.append).take().release()
+    StudyLease(server, "release", say=said.append).take().release()
     assert said == []  # nothing to take over
 
 
@@ -174,18 +170,66 @@ def test_study_runs_left_running_by_a_killed_driver_are_marked_killed_by_the_nex
     tracker = StudyTracker(server, "abandoned")
     status = lambda run_id: MlflowClient(server).get_run(run_id).info.status  # noqa: E731
     killed = tracker.open_parent("old-data", "data-1", {})[0]  # its driver was killed mid-pretraining
-    write_lease(server, killed, "elsewhere", 4242, datetime.now(timezone.utc) - timedelta(minutes=5))
     in_flight = tracker.start_child(killed, PRETRAIN, "pretrain", "pretrain-simclr", {})
-    elsewhere = tracker.open_parent("other-config", "data-1", {})[0]  # another driver, alive, runs it
-    write_lease(server, elsewhere, socket.gethostname(), os.getppid(), datetime.now(timezone.utc))
-    five_minutes_ago = int((time.time() - 300) * 1000)  # a resumed study run: its driver takes the lease in a moment
-    unleased = MlflowClient(server).create_run(tracker.experiment_id, five_minutes_ago, {ROLE: STUDY}).info.run_id
+    done = tracker.start_child(killed, PRETRAIN, "pretrain-r1", "pretrain-simclr-r1", {})
+    tracker.finish(done)
+    finished = tracker.open_parent("other-config", "data-1", {})[0]
+    tracker.finish(finished)
     current = tracker.open_parent("new-data", "data-2", {})[0]
     said: list[str] = []
 
-    assert close_abandoned(tracker, current, said.append) == [killed]
-    (line,) = said
-    assert line.startswith(f"study run {killed} was left RUNNING by a driver that is gone (last heartbeat 30")
-    assert line.endswith(" s ago): marked KILLED")
-    assert (status(killed), status(in_flight)) == ("KILLED", "KILLED")
-    assert {status(run) for run in (elsewhere, unleased, current)} == {"RUNNING"}
+    with study_lease(server, "abandoned", say=said.append):  # no live driver of the study but this one
+        assert close_abandoned(tracker, current, said.append) == [killed]
+    assert said == [f"study run {killed} was left RUNNING by a driver that is gone: marked KILLED"]
+    assert (status(killed), status(in_flight), status(done)) == ("KILLED", "KILLED", "FINISHED")
+    assert (status(finished), status(current)) == ("FINISHED", "RUNNING")
+
+
+def test_a_second_driver_is_refused_before_it_reads_the_data(server, tmp_path):
+    """`labelcurve run` on a study another driver holds stops at the lease: a folder of images
+    that cannot be decoded, which fails the study as soon as it is read, is never read."""
+    for label in ("a", "b"):
+        (tmp_path / "corrupt" / label).mkdir(parents=True)
+        for i in range(12):
+            (tmp_path / "corrupt" / label / f"{i}.png").write_bytes(b"not a png")
+    command = [str(BIN / "labelcurve"), "run", "study=held", "data.name=folder", f"data.path={tmp_path / 'corrupt'}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "LABELCURVE_SUPERVISED": "1"}
+    write_lease(server, "held", "elsewhere", 4242, datetime.now(timezone.utc))  # alive, on another host
+
+    refused = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.startswith("Error: study 'held' is being run by pid 4242 on host elsewhere since ")
+    assert "data:" not in refused.stdout + refused.stderr  # nothing listed, nothing decoded
+    assert lease_of(server, "held")["holder"] == "elsewhere:4242:test"
+
+    MlflowClient(server).delete_experiment_tag(StudyTracker(server, "held").experiment_id, LEASE)  # the holder ends
+    unleased = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert unleased.returncode == 2 and "is being run by" not in unleased.stderr  # the data's own error instead
+    assert lease_of(server, "held") is None  # released when the study failed
+
+
+def test_a_heartbeat_that_cannot_be_written_for_the_stale_limit_stops_the_driver(tmp_path):
+    stopping = mlflow_server(tmp_path, free_port())
+    url = stopping.__enter__()
+    with pytest.raises(LeaseLost) as lost, study_lease(url, "outage", heartbeat_s=0.2, stale_s=2.0):
+        stopping.__exit__(None, None, None)  # the tracking server goes away mid-study
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < 60:  # the driver's work, in Python or in Ray calls
+            time.sleep(0.05)
+    assert 2.0 <= time.monotonic() - stopped < 30
+    message = str(lost.value)
+    assert message.startswith("lease: the heartbeat of study 'outage' could not be written for 2 s (")
+    assert message.endswith(
+        "so another driver may take the study over: this driver stops; run the same command again to resume"
+    )
+    assert "\n" not in message
+
+
+def test_a_driver_whose_lease_was_taken_over_stops(server):
+    with pytest.raises(LeaseLost) as lost, study_lease(server, "taken", heartbeat_s=0.2):
+        write_lease(server, "taken", "elsewhere", 4242, datetime.now(timezone.utc))  # it judged us gone
+        time.sleep(30)
+    assert str(lost.value) == (
+        "lease: study 'taken' was taken over by pid 4242 on host elsewhere: this driver stops so that only one runs it"
+    )
+    assert lease_of(server, "taken")["holder"] == "elsewhere:4242:test"  # the taker's lease is left alone
