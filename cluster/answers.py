@@ -17,9 +17,11 @@ from rich.table import Table
 from cluster.study import study_results
 from cluster.tracking import POOL_SIZE, StudyTracker, tracking_uri
 from finetune.arms import SCRATCH
-from finetune.curves import Estimate
-from finetune.forecast import backtest, fit_curves, multipliers, plan_next_round
-from finetune.report import forecast_png
+from finetune.curves import CurveError, Estimate, LearningCurve
+from finetune.forecast import StudyCurves, backtest, fit_curves, multipliers, plan_next_round
+from finetune.levers import lever_table
+from finetune.report import forecast_png, study_subtitle
+from finetune.report_html import report_html
 
 
 def _count(value: float) -> str:
@@ -78,7 +80,43 @@ def _needed_cells(needed: Estimate, n_classes: int, pool: int | None) -> list[st
     if not needed.reachable:
         return [f"beyond what these runs can tell (> {_count(needed.limit)})", ""]
     past = " (past the pool)" if pool is not None and needed.point > pool else ""
-    return [_interval(needed) + past, _interval(_per_class(needed, n_classes))]
+    measured = f" (reached at {_count(needed.reached_at)})" if needed.reached_at is not None else ""
+    return [_interval(needed) + past + measured, _interval(_per_class(needed, n_classes))]
+
+
+def _say_gaps(study: StudyCurves, n_classes: int, console: Console) -> None:
+    """One line per arm without a forecast, and per arm with budgets that other arms measured."""
+    for arm, why in study.no_forecast.items():
+        console.print(f"{arm}: no forecast: {why}")
+    for arm, budgets in study.missing.items():
+        shown = ", ".join(f"{b:,} ({b / n_classes:g}/class)" for b in budgets)
+        console.print(
+            f"{arm}: no finished runs at {shown} labels, which other arms have: forecast from the rest "
+            "(`labelcurve run` with the same config finishes them)"
+        )
+
+
+def _lever_view(levers: pd.DataFrame, target: float) -> Table:
+    view = Table(title=f"levers: labels for accuracy {target:g}, and how many labels `{SCRATCH}` needs per label")
+    for column in ["lever", "arm", "labels needed", "x fewer labels than scratch"]:
+        view.add_column(column, justify="right")
+    for row in levers.itertuples():
+        if row.note:
+            view.add_row(row.lever, row.arm, "no forecast (above)", "")
+            continue
+        needed = Estimate(row.labels, row.labels_low, row.labels_high)
+        labels = _interval(needed) if needed.reachable else "beyond what these runs can tell"
+        if not pd.isna(row.reached_at):
+            labels += f" (reached at {_count(row.reached_at)})"
+        if pd.isna(row.multiplier):
+            ratio = "" if needed.reachable else "unknown: the lever's count is open"
+        elif not math.isfinite(row.multiplier):
+            ratio = f"> {row.multiplier_low:.1f}x (scratch: beyond what these runs can tell)"
+        else:
+            high = f"{row.multiplier_high:.1f}" if math.isfinite(row.multiplier_high) else "∞"
+            ratio = f"{row.multiplier:.1f}x [{row.multiplier_low:.1f}, {high}]"
+        view.add_row(row.lever, row.arm, labels, ratio)
+    return view
 
 
 def _multiplier_cell(m) -> str:
@@ -88,16 +126,27 @@ def _multiplier_cell(m) -> str:
     return f"{m.multiplier:.1f}x [{m.low:.1f}, {high}]"
 
 
+def _report_page(tracker: StudyTracker, parent: str, frame: pd.DataFrame, levers: pd.DataFrame, title: str) -> bytes:
+    """The study's report.html again, with the lever table under the results table."""
+    params = tracker.client.get_run(parent).data.params
+    setup = {"dataset": params.get("data.name", ""), "method": params.get("pretrain.method", "")}
+    setup["backbone"] = params.get("pretrain.backbone", "")
+    arms = list(dict.fromkeys(frame.arm))
+    return report_html(frame, arms, title, study_subtitle(**setup), levers=levers)
+
+
 def predict(study: str | None, target: float, console: Console) -> dict:
-    """Per arm: accuracy at the next budgets, labels for ``target``, and the label multiplier."""
+    """Per arm: accuracy at the next budgets, labels for ``target``, the label multiplier, and the
+    lever table; arms that learned nothing or lack budgets say so instead."""
     tracker, parent, frame, n_classes = _load(study)
     study = tracker.study
     pool, _ = _pool(tracker, parent, frame)
-    curves = fit_curves(frame, n_classes)
+    fitted = fit_curves(frame, n_classes)
+    curves = fitted.curves
     largest = int(frame.labels_per_class.max())
     next_per_class = [2 * largest, 5 * largest]
-    share = round(next(iter(curves.values())).interval * 100)
-    limit = next(iter(curves.values())).limit_
+    share = round(LearningCurve(n_classes).interval * 100)
+    limit = 10 * float(frame.n_labels.max())
     view = Table(title=f"{study}: forecast for target accuracy {target:g} ({share}% intervals)")
     past = ["" if pool is None or b * n_classes <= pool else " (past the pool)" for b in next_per_class]
     columns = [
@@ -129,12 +178,18 @@ def predict(study: str | None, target: float, console: Console) -> dict:
         ):
             if math.isfinite(value):
                 series[f"{key}/{arm}"] = {step: value}
-    console.print(view)
-    console.print(
-        f"label counts past {_count(limit)} (10x the largest measured budget) are not extrapolated"
-        + (f"; the labeled pool holds {pool:,}" if pool is not None else "")
-    )
-    ratios = multipliers(curves, [b for b in (1, 2, 5, 10) if b <= largest])
+    for arm, why in fitted.no_forecast.items():
+        answer["arms"][arm] = {"no_forecast": why}
+    if fitted.missing:
+        answer["missing"] = fitted.missing
+    if curves:
+        console.print(view)
+        console.print(
+            f"label counts past {_count(limit)} (10x the largest measured budget) are not extrapolated"
+            + (f"; the labeled pool holds {pool:,}" if pool is not None else "")
+        )
+    _say_gaps(fitted, n_classes, console)
+    ratios = multipliers(fitted, frame, [b for b in (1, 2, 5, 10) if b <= largest])
     if not ratios.empty:
         table = Table(title=f"label multiplier: labels `{SCRATCH}` needs to match each arm, per label of that arm")
         for column in ["arm", "labels/class", "multiplier"]:
@@ -145,16 +200,20 @@ def predict(study: str | None, target: float, console: Console) -> dict:
                 series.setdefault(f"label_multiplier/{row.arm}", {})[row.labels_per_class] = row.multiplier
         console.print(table)
         answer["label_multiplier"] = ratios.to_dict(orient="records")
+    levers = lever_table(fitted, target)
+    console.print(_lever_view(levers, target))
+    answer["levers"] = levers.astype(object).where(levers.notna(), None).to_dict(orient="records")
     answer = _finite(answer)
     tracker.log_series(parent, series)
-    tracker.log_artifacts(
-        parent,
-        {
-            "prediction.png": forecast_png(frame, curves, target, f"{study}: fitted curves and target {target:g}"),
-            "prediction.json": json.dumps(answer, indent=2, allow_nan=False).encode(),
-        },
-    )
-    console.print(f"logged to study run {parent}: prediction.png, prediction.json, labels_needed/<arm>")
+    title = f"{study}: fitted curves and target {target:g}"
+    artifacts = {
+        "prediction.json": json.dumps(answer, indent=2, allow_nan=False).encode(),
+        "report.html": _report_page(tracker, parent, frame, levers, f"{study}: test accuracy vs labels"),
+    }
+    if curves:
+        artifacts["prediction.png"] = forecast_png(frame, curves, target, title)
+    tracker.log_artifacts(parent, artifacts)
+    console.print(f"logged to study run {parent}: {', '.join(sorted(artifacts))}, labels_needed/<arm>")
     return answer
 
 
@@ -168,6 +227,11 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
         why = "--cut-labels"
     console.print(f"backtest: fitting on budgets of at most {cut_labels} labels ({why})")
     scores = backtest(frame, n_classes, cut_labels)
+    if scores.empty:
+        raise CurveError(
+            "no arm has a curve on the budgets up to the cut (nothing learned or no trend there): "
+            "raise --cut or --cut-labels, or look at `labelcurve predict`"
+        )
     view = Table(title=f"{study}: backtest, fitted on <= {cut_labels} labels ({cut_labels / n_classes:.0f}/class)")
     for column in ["arm", "held-out labels", "measured", "predicted", "abs error", "label ratio", "in 80% interval"]:
         view.add_column(column, justify="right")
@@ -190,15 +254,20 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
         "backtest/coverage": float(scores.covered.mean()),
     }
     unreachable = len(scores) - len(finite)
+    ratio = (
+        f"median label ratio {summary['backtest/median_label_ratio']:.2f}"
+        if len(finite)
+        else "no label ratio: the fit put every held-out accuracy above its ceiling or past its limit"
+    )
     console.print(
-        f"mean |error| {summary['backtest/mean_abs_error']:.3f}, median label ratio "
-        f"{summary['backtest/median_label_ratio']:.2f}"
+        f"mean |error| {summary['backtest/mean_abs_error']:.3f}, {ratio}"
         + (
             f" ({unreachable} held-out accuracies the fit put above its ceiling or past its limit)"
-            if unreachable
+            if unreachable and len(finite)
             else ""
         )
-        + f", coverage {summary['backtest/coverage']:.0%} (nominal 80%)"
+        + f", coverage {summary['backtest/coverage']:.0%} (nominal 80%; an interval wider than half the range "
+        "from chance to 1 covers nothing)"
     )
     summary = {k: v for k, v in summary.items() if math.isfinite(v)}
     tracker.log_series(parent, {k: {cut_labels: v} for k, v in summary.items()})
@@ -207,10 +276,12 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
 
 
 def plan(study: str | None, target: float, quantile: float, cost_per_label: float | None, console: Console) -> list:
-    """The next budget to label per arm: a quantile of the labels needed, capped per round."""
-    tracker, _, frame, n_classes = _load(study)
+    """The next budget to label per arm: a quantile of the labels needed, capped per round; none
+    where the runs already reached the target, and marked where it is past the labeled pool."""
+    tracker, parent, frame, n_classes = _load(study)
     study = tracker.study
-    curves = fit_curves(frame, n_classes)
+    pool, _ = _pool(tracker, parent, frame)
+    fitted = fit_curves(frame, n_classes)
     current = int(frame.n_labels.max())
     view = Table(title=f"{study}: next round toward accuracy {target:g} (now {current} labels)")
     for column in ["arm", "label up to", "per class", "P(reach target)", "point estimate"]:
@@ -218,20 +289,27 @@ def plan(study: str | None, target: float, quantile: float, cost_per_label: floa
     if cost_per_label is not None:
         view.add_column("cost of the round", justify="right")
     rounds = []
-    for arm, curve in curves.items():
+    for arm, curve in fitted.curves.items():
         step = plan_next_round(curve, arm, target, current, quantile=quantile)
-        cells = [
-            arm,
-            f"{step.next_labels:,.0f}",
-            f"{step.next_per_class}",
-            f"{step.reach_probability:.0%}",
-            _count(step.needed.point),
-        ]
+        if step.reached:
+            measured = f"already reached: measured at {step.next_labels:,.0f} labels"
+            cells = [arm, measured, f"{step.next_per_class}", "measured", _count(step.needed.point)]
+        else:
+            past = f" (past the pool of {pool:,})" if pool is not None and step.next_labels > pool else ""
+            cells = [
+                arm,
+                f"{step.next_labels:,.0f}{past}",
+                f"{step.next_per_class}",
+                f"{step.reach_probability:.0%}",
+                _count(step.needed.point),
+            ]
         if cost_per_label is not None:
-            cells.append(f"{max(step.next_labels - current, 0) * cost_per_label:,.2f}")
+            cells.append("0.00" if step.reached else f"{max(step.next_labels - current, 0) * cost_per_label:,.2f}")
         view.add_row(*cells)
         rounds.append(step)
-    console.print(view)
+    if fitted.curves:
+        console.print(view)
+    _say_gaps(fitted, n_classes, console)
     console.print(
         f"quantile {quantile:g} of the labels needed, at most 4x the labels of today per round; "
         "label, run the study with the new budget, and plan again"

@@ -12,9 +12,13 @@ What keeps a fit honest on data nobody tuned it on:
 
 - every family rises monotonically and saturates (a plateau at the ceiling), and with five or
   more budgets a broken power law (Caballero et al., ICLR 2023) lets the slope change once;
-- the ceiling is at least the best measured mean minus its standard error, so no fit claims
-  that an accuracy already measured is out of reach, and a weak prior pulls it toward 1, so a
-  few small budgets do not read a pause as a plateau;
+- the ceiling is at least the best measured mean minus its measured standard error (the spread
+  of its seeds, not the noise model's, which is fitted mostly to the small budgets and read
+  0.03 at a budget whose seeds agreed to 0.001), so no fit claims that an accuracy already
+  measured is out of reach, and a weak prior pulls it toward 1, so a few small budgets do not
+  read a pause as a plateau;
+- a label count never contradicts the runs: where the measured means cross the target between
+  two budgets, the count and its interval lie between them (:mod:`finetune.measured`);
 - the noise of a run shrinks with the labels, var(n) = v0 + v1 / n (Hoiem et al., ICML 2021),
   which scales the bootstrap's resampled residuals and the noise of new runs in an interval
   (weighting the fit by it extrapolated worse on real curves, so the fit weighs runs alike);
@@ -32,6 +36,7 @@ import numpy as np
 from scipy.optimize import least_squares, nnls
 from sklearn.base import BaseEstimator
 
+from finetune.measured import Crossing, crossing, interpolate, measured_points
 from pretrain.errors import LabelcurveError
 
 
@@ -94,7 +99,8 @@ FAMILIES = {
 # bounds of the shape parameters after the scale (log alpha; for the break: log r and t)
 _SHAPE_BOUNDS = {"broken": ([math.log(0.05), 0.0, -0.9], [math.log(5.0), math.log(1e4), 5.0])}
 _SHAPE_START = {"broken": [0.0, math.log(10.0), 0.0]}
-MIN_BUDGETS = {"broken": 5}  # five shape-and-ceiling parameters need more than three or four budgets
+MIN_BUDGETS = 3  # a ceiling, a scale and a slope
+MIN_FAMILY_BUDGETS = {"broken": 5}  # five shape-and-ceiling parameters need more than three or four budgets
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,14 @@ class Fit:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with an interval; label counts past ``limit`` are ``inf``: unknown, not huge."""
+    """A point estimate with an interval; label counts past ``limit`` are ``inf``: unknown, not huge.
+    ``reached_at``: for a label count, the first measured budget whose mean reached the target."""
 
     point: float
     low: float
     high: float
     limit: float = math.inf
+    reached_at: float | None = None
 
     @property
     def reachable(self) -> bool:
@@ -242,19 +250,20 @@ class LearningCurve(BaseEstimator):
         return np.sqrt(np.maximum(v0 + v1 / np.maximum(np.asarray(n_labels, dtype=float), 1.0), 1e-6))
 
     def fit(self, n_labels, accuracy) -> LearningCurve:
+        self.points_ = measured_points(n_labels, accuracy)
         n, acc = distinct_runs(np.asarray(n_labels, dtype=float).ravel(), np.asarray(accuracy, dtype=float).ravel())
         budgets = np.unique(n)
-        if len(budgets) < 3:
-            raise CurveError(f"a curve needs at least 3 budgets with finished runs, got {len(budgets)}")
+        if len(budgets) < MIN_BUDGETS:
+            raise CurveError(f"a curve needs at least {MIN_BUDGETS} budgets with finished runs, got {len(budgets)}")
         self.noise_ = _noise_model(n, acc)
         sd = self.noise_sd(n)
         # the fits weigh every run alike: weights of 1/var(n) fitted the large budgets at the cost of
         # the small ones and extrapolated worse on the curves of benchmarks/forecast.py
         flat = np.full_like(sd, float(np.median(sd)))
-        # the ceiling may not sit below a measured mean by more than that mean's standard error
-        best = max(acc[n == b].mean() - self.noise_sd(b) / math.sqrt(np.sum(n == b)) for b in budgets)
+        # the ceiling may not sit below a measured mean by more than that mean's measured standard error
+        best = max(p.mean - p.sem for p in self.points_)
         floor = min(max(self.chance_ + 1e-3, float(best)), 1 - 1e-6)
-        families = [f for f in self.families if len(budgets) >= MIN_BUDGETS.get(f, 3)]
+        families = [f for f in self.families if len(budgets) >= MIN_FAMILY_BUDGETS.get(f, MIN_BUDGETS)]
         self.fits_ = [_fit_family(f, n, acc, flat, self.chance_, floor, None, self.ceiling_prior) for f in families]
         # Residual bootstrap: each run's deviation from the fit, in units of its noise, is one
         # seed's subset-and-init draw; resampling them (inflated for the fitted parameters) and
@@ -299,26 +308,43 @@ class LearningCurve(BaseEstimator):
         low, high = self._quantiles(np.array([f.ceiling for f in self.bootstrap_fits_]))
         return Estimate(float(np.mean([f.ceiling for f in self.fits_])), float(low), float(high))
 
+    def bounds(self, target: float) -> Crossing:
+        """Where the measured means put the labels for ``target`` (:func:`finetune.measured.crossing`)."""
+        return crossing(self.points_, target)
+
+    def bound(self, counts, target: float) -> np.ndarray:
+        """Label counts for ``target`` moved inside what the runs measured; past :attr:`limit_` ``inf``."""
+        bounds = self.bounds(target)
+        counts = bounds.clip(np.asarray(counts, dtype=float))
+        return counts if bounds.reached else np.where(counts > self.limit_, math.inf, counts)
+
     def bootstrap_labels(self, target: float) -> np.ndarray:
-        """Labels for ``target`` under every bootstrap fit; past :attr:`limit_` counts as ``inf``."""
-        counts = np.array([f.labels_for(target, self.chance_) for f in self.bootstrap_fits_])
-        return np.where(counts > self.limit_, math.inf, counts)
+        """Labels for ``target`` under every bootstrap fit, inside the measured bounds; past
+        :attr:`limit_` counts as ``inf``."""
+        return self.bound([f.labels_for(target, self.chance_) for f in self.bootstrap_fits_], target)
 
     def labels_needed(self, target: float) -> Estimate:
         """Labels (total) for an expected accuracy of ``target``; ``inf`` where it is out of reach
         or past :attr:`limit_` (no measurement here can tell).
 
-        The point inverts :meth:`predict` exactly; the interval comes from inverting every
-        bootstrap fit, so a target near the ceiling gets an open (``inf``) upper bound.
+        The point inverts :meth:`predict`; the interval comes from inverting every bootstrap fit,
+        so a target near the ceiling gets an open (``inf``) upper bound. Both stay inside what the
+        runs measured: where the means cross the target between budgets ``a`` and ``b``, the count
+        lies in ``(a, b]`` (the straight line between them on log labels when the fit's inversion
+        falls outside), and ``reached_at`` names ``b``.
         """
         if target <= self.chance_:
             raise CurveError(f"target {target} is at or below chance (1/{self.n_classes}): ask for more")
         if target >= 1:
             raise CurveError(f"target {target} is not below 1: no finite number of labels reaches it")
         low, high = self._quantiles(self.bootstrap_labels(target))
+        bounds = self.bounds(target)
         point = self._invert(target)
-        point = point if point <= self.limit_ else math.inf
-        return Estimate(point, float(low), float(high), self.limit_)
+        if bounds.reached and not bounds.above < point <= bounds.within:
+            point = interpolate(self.points_, bounds, target)
+        point = float(self.bound(point, target))
+        low, high = min(float(low), point), max(float(high), point)
+        return Estimate(point, low, high, self.limit_, bounds.within if bounds.reached else None)
 
     def _invert(self, target: float) -> float:
         if target >= self.ceiling().point:

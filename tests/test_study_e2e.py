@@ -184,13 +184,19 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     # With three budgets the study answers: forecast logged to the study run, plan and errors.
     answer = labelcurve("predict", "--target", "0.5", "--study", "tiny")
     assert answer.returncode == 0, answer.stderr[-3000:]
-    assert "label multiplier" in answer.stdout and "labels needed" in answer.stdout
+    assert "labels needed" in answer.stdout and "levers: labels for accuracy 0.5" in answer.stdout
     parent_run = client.get_run(parent.info.run_id)
-    assert {"ceiling/ssl-linear", "ceiling/scratch"} <= set(parent_run.data.metrics)
-    # a finite multiplier is a metric; one past the limit (10 steps leave scratch far behind) says so
-    beyond = "beyond what these runs can tell" in answer.stdout
-    assert "label_multiplier/ssl-linear" in parent_run.data.metrics or beyond
-    assert {"prediction.png", "prediction.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "ceiling/ssl-linear" in parent_run.data.metrics
+    prediction = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "prediction.json", str(tmp_path))).read_text()
+    )
+    assert [lever["arm"] for lever in prediction["levers"]][:1] == ["ssl-linear"]
+    for arm, said in prediction["arms"].items():  # every arm has a forecast or one line why not
+        assert "labels_needed" in said or f"{arm}: no forecast: {said['no_forecast']}" in " ".join(answer.stdout.split())
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"prediction.png", "prediction.json", "report.html"} <= artifacts
+    page = Path(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))).read_text()
+    assert '<table id="levers">' in page
     planned = labelcurve("plan", "--target", "0.5", "--study", "tiny", "--cost-per-label", "0.1")
     assert planned.returncode == 0 and "label up to" in planned.stdout, planned.stderr[-3000:]
     chance = labelcurve("predict", "--target", "0.1")  # the store's only study, without --study
