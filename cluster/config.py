@@ -55,6 +55,18 @@ class DataConfig(_Section):
     max_per_class: int | None = Field(None, ge=1, description="cap on the labeled pool per class")
     max_test_per_class: int | None = Field(None, ge=1, description="cap on the test split per class")
     max_unlabeled: int | None = Field(None, ge=1)
+    # the three below default to None (given, 10, none): a new setting must not change existing studies' fingerprints
+    test_split: Literal["given", "resplit"] | None = Field(
+        None,
+        description="given (the default): keep the test split as found; resplit: pool the labeled and test images "
+        "left after the duplicate guard and draw a stratified test split of data.test_fraction with data.split_seed",
+    )
+    min_test_per_class: int | None = Field(
+        None, ge=0, description="fewest test images a class may have after the duplicate guard (default 10; 0: any)"
+    )
+    ignore: list[str] | None = Field(
+        None, description="folders directly under data.path to skip, e.g. [raw] (a copy beside the split folders)"
+    )
     max_bad_fraction: float = Field(
         0.01, ge=0, le=1, description="pretraining stops when more of its images than this fail to decode"
     )
@@ -68,6 +80,10 @@ class DataConfig(_Section):
             raise ValueError(f"data.name={self.name} needs data.path=DIR (where the dataset files are or go)")
         if self.name == "digits" and self.path:
             raise ValueError("data.path is set but data.name=digits: add data.name=folder")
+        if self.ignore and self.name != "folder":
+            raise ValueError(f"data.ignore skips folders of an ImageFolder root, not of {self.name}: remove it")
+        if any(not name.strip() or "/" in name for name in self.ignore or []):
+            raise ValueError("data.ignore holds folder names directly under data.path, e.g. [raw], not paths")
         return self
 
 

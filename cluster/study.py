@@ -17,7 +17,6 @@ import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from rich.console import Console
-from rich.table import Table
 
 from cluster.config import StudyConfig
 from cluster.console import make_console, progress_bars
@@ -42,7 +41,15 @@ from cluster.tracking import (
 from cluster.tracking_server import check_tracking_server, tracking_uri
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER, start_key
 from finetune.budgets import check_budgets, labels_per_class, subset_indices
-from finetune.report import curve_png, curve_points, pretraining_png, results_frame, study_subtitle, summary_table
+from finetune.report import (
+    console_table,
+    curve_png,
+    curve_points,
+    pretraining_png,
+    results_frame,
+    study_subtitle,
+    summary_table,
+)
 from finetune.report_html import report_html
 from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
 from pretrain.backbone_specs import backbone_options
@@ -407,12 +414,15 @@ def _run_study(cfg: StudyConfig, console: Console, prepared: Prepared, lease: St
         tracker.client.set_tag(parent, "mlflow.note.content", _description(cfg, table))
         title = f"{cfg.study}: test accuracy vs labels"
         setup = {"dataset": _dataset_name(cfg), "method": cfg.pretrain.method, "backbone": cfg.pretrain.backbone}
+        counts = data.test_counts()  # the test split every accuracy is measured on, and its chance level
         tracker.log_artifacts(
             parent,
             {
-                "curve.png": curve_png(frame, cfg.finetune.arms, title, **setup),
-                "curve.svg": curve_png(frame, cfg.finetune.arms, title, fmt="svg", **setup),
-                "report.html": report_html(frame, cfg.finetune.arms, title, study_subtitle(**setup)),
+                "curve.png": curve_png(frame, cfg.finetune.arms, title, test_counts=counts, **setup),
+                "curve.svg": curve_png(frame, cfg.finetune.arms, title, fmt="svg", test_counts=counts, **setup),
+                "report.html": report_html(
+                    frame, cfg.finetune.arms, title, study_subtitle(**setup), test_counts=counts
+                ),
                 "results.csv": frame.to_csv(index=False).encode(),
             },
         )
@@ -423,7 +433,7 @@ def _run_study(cfg: StudyConfig, console: Console, prepared: Prepared, lease: St
         if not lease.lost:  # a lost lease: the study run may be another driver's now, and the server unreachable
             tracker.finish(parent, "KILLED")
         raise
-    _print_table(console, table, cfg.study)
+    console.print(console_table(table, cfg.study, data.test_counts()))
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
     return StudyOutcome(parent, tracker.experiment_id, table, frame, len(todo), skipped)
 
@@ -451,6 +461,8 @@ def _report_data(console: Console, plan: DataPlan, data: StudyData) -> None:
         f"data: {data.description}: {len(data.classes)} classes, labeled pool {counts.get(POOL, 0)}, "
         f"test {counts.get(TEST, 0)}, pretraining pool {len(data.pretraining_items)} (manifest {data.digest})"
     )
+    for line in data.summary():  # the test split per class after the duplicate guard, channel conversions
+        console.print(line, markup=False, highlight=False)
     if plan.duplicates:
         console.print(
             f"[yellow]data: {plan.duplicates} files listed twice through symbolic links, counted once[/yellow]"
@@ -463,13 +475,3 @@ def _report_data(console: Console, plan: DataPlan, data: StudyData) -> None:
             f"[yellow]data: {data.leaked} test images are also in the pool (same file or same pixels): "
             "left out of the test split[/yellow]"
         )
-
-
-def _print_table(console: Console, table, study: str) -> None:
-    view = Table(title=f"{study}: test accuracy (mean ± std over seeds)")
-    view.add_column("labels/class", justify="right")
-    for arm in table.columns:
-        view.add_column(arm, justify="right")
-    for label, row in table.iterrows():
-        view.add_row(str(label), *[str(v) for v in row.tolist()])
-    console.print(view)

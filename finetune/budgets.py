@@ -51,3 +51,9 @@ def check_budgets(budgets: list[Budget], class_counts: dict[str, int]) -> None:
 def labels_per_class(budget: Budget, n_labels: int, n_classes: int) -> float:
     """The x of a curve point: the budget itself, or the mean per class for ``all``."""
     return float(budget) if budget != "all" else n_labels / n_classes
+
+
+def budget_label(budget: Budget | str, n_labels: int) -> str:
+    """'5' for a budget of 5 labels per class; 'all (2,870)' for the whole labeled pool, by its
+    total: a mean per class ('all (718)') reads as 718 of each where one class has 395."""
+    return str(budget) if budget != "all" else f"all ({n_labels:,})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -15,8 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
+from rich.table import Table
 
-from finetune.budgets import labels_per_class
+from finetune.budgets import budget_label, labels_per_class
 
 if TYPE_CHECKING:  # torch and ray load with finetune.sweep: not needed to draw a report
     from finetune.sweep import RunResult
@@ -28,6 +30,7 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 MARKERS = ("o", "s", "^", "D", "v", "p", "h", ">")
 DASHES = ((), (6.0, 3.0), (1.5, 2.5), (6.0, 2.0, 1.5, 2.0), (10.0, 3.0), (3.0, 2.0, 1.0, 2.0, 1.0, 2.0), (2.0, 5.0))
 Format = Literal["png", "svg"]
+SUMMARY_CLASSES = 10  # classes named with their test counts in a caption; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,12 @@ def curve_points(frame: pd.DataFrame) -> dict[str, dict[int, float]]:
 
 def summary_table(frame: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
     """Rows = budgets (labels per class), columns = arms, cells = 'mean ± std' over seeds."""
-    stats = frame.groupby(["labels_per_class", "budget", "arm"])["accuracy"].agg(["mean", "std", "count"])
+    stats = frame.groupby(["labels_per_class", "budget", "arm"]).agg(
+        mean=("accuracy", "mean"), std=("accuracy", "std"), n_labels=("n_labels", "max")
+    )
     table = {}
-    for (x, budget, arm), row in stats.iterrows():
-        label = budget_label(budget, x)
+    for (_, budget, arm), row in stats.iterrows():
+        label = budget_label(budget, int(row["n_labels"]))
         spread = 0.0 if pd.isna(row["std"]) else row["std"]
         table.setdefault(label, {})[arm] = f"{row['mean']:.3f} ± {spread:.3f}"
     return pd.DataFrame.from_dict(table, orient="index").reindex(columns=_ordered_arms(frame, arms))
@@ -97,15 +102,11 @@ def arm_styles(frame: pd.DataFrame, arms: list[str]) -> dict[str, ArmStyle]:
     }
 
 
-def budget_label(budget: str, per_class: float) -> str:
-    """'5' for a budget of 5 per class; 'all (126)' for the whole pool, with its mean labels per class."""
-    return str(budget) if budget != "all" else f"all ({per_class:.0f})"
-
-
 def budget_ticks(frame: pd.DataFrame) -> list[tuple[float, str]]:
     """The measured budgets as (x, label): a plot's x ticks sit where runs were made, not at powers of 10."""
-    pairs = frame[["labels_per_class", "budget"]].drop_duplicates("labels_per_class").sort_values("labels_per_class")
-    return [(float(x), budget_label(budget, x)) for x, budget in pairs.itertuples(index=False)]
+    columns = ["labels_per_class", "budget", "n_labels"]
+    pairs = frame[columns].drop_duplicates("labels_per_class").sort_values("labels_per_class")
+    return [(float(x), budget_label(budget, n)) for x, budget, n in pairs.itertuples(index=False)]
 
 
 def seed_stats(frame: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +126,42 @@ def study_subtitle(dataset: str = "", method: str = "", backbone: str = "") -> s
     """'dataset cifar10 · method simclr · backbone resnet18': what a curve was measured on."""
     parts = [("dataset", dataset), ("method", method), ("backbone", backbone)]
     return " · ".join(f"{name} {value}" for name, value in parts if value)
+
+
+def test_split_caption(test_counts: Mapping[str, int]) -> str:
+    """'test split: 143 images (glioma 82, meningioma 9, notumor 0, pituitary 52)': what each class's
+    accuracy is measured on, so that a thin or lopsided test split shows beside the numbers."""
+    counts = list(test_counts.items())
+    named = ", ".join(f"{name} {n:,}" for name, n in counts[:SUMMARY_CLASSES])
+    if len(counts) > SUMMARY_CLASSES:
+        named += f", {len(counts) - SUMMARY_CLASSES} more; fewest {min(test_counts.values()):,}"
+    return f"test split: {sum(test_counts.values()):,} images ({named})"
+
+
+def chance_level(test_counts: Mapping[str, int]) -> tuple[float, str] | None:
+    """The accuracy of guessing, and its legend label: 1/classes, or always answering the test
+    split's largest class where that scores higher; None for an empty test split."""
+    total = sum(test_counts.values())
+    if not total:
+        return None
+    name, largest = max(test_counts.items(), key=lambda kv: kv[1])
+    if largest / total > 1 / len(test_counts) + 1e-9:
+        return largest / total, f"chance {largest / total:.2f} (always '{name}', the test split's largest class)"
+    return 1 / len(test_counts), f"chance {1 / len(test_counts):.2f} (1 of {len(test_counts)} classes)"
+
+
+def console_table(table: pd.DataFrame, study: str, test_counts: Mapping[str, int] | None = None) -> Table:
+    """:func:`summary_table` for the terminal, captioned with the test split it was measured on."""
+    view = Table(
+        title=f"{study}: test accuracy (mean ± std over seeds)",
+        caption=test_split_caption(test_counts) if test_counts else None,
+    )
+    view.add_column("labels/class", justify="right")
+    for arm in table.columns:
+        view.add_column(arm, justify="right")
+    for label, row in table.iterrows():
+        view.add_row(str(label), *[str(v) for v in row.tolist()])
+    return view
 
 
 def _accuracy_axes(axis, title: str) -> None:
@@ -159,9 +196,18 @@ def pretraining_png(losses: list[float], knn: list[float], title: str) -> bytes:
 
 
 def curve_figure(
-    frame: pd.DataFrame, arms: list[str], title: str, *, dataset: str = "", method: str = "", backbone: str = ""
+    frame: pd.DataFrame,
+    arms: list[str],
+    title: str,
+    *,
+    dataset: str = "",
+    method: str = "",
+    backbone: str = "",
+    test_counts: Mapping[str, int] | None = None,
 ) -> Figure:
-    """Accuracy vs labels per class at the measured budgets: mean over seeds per arm, band = min..max.
+    """Accuracy vs labels per class at the measured budgets: mean over seeds per arm, band = min..max;
+    with ``test_counts`` (images per class of the test split), the chance level as a labelled line,
+    so that a curve near it reads as not learning (or as a test split that cannot measure).
 
     1200x800 px at 150 dpi. Returned unrendered so tests can inspect the lines.
     """
@@ -172,6 +218,8 @@ def curve_figure(
         dashes = (0, style.dashes) if style.dashes else "-"
         axis.plot(part.index, part["mean"], color=style.color, marker=style.marker, linestyle=dashes, label=arm)
         axis.fill_between(part.index, part["min"], part["max"], color=style.color, alpha=0.15, linewidth=0)
+    if test_counts and (chance := chance_level(test_counts)):
+        axis.axhline(chance[0], color="0.4", linestyle="-.", linewidth=1, label=chance[1])
     _accuracy_axes(axis, study_subtitle(dataset, method, backbone))
     axis.set_ylabel("test accuracy (line: mean over seeds)")
     ticks = budget_ticks(frame)
@@ -193,9 +241,11 @@ def curve_png(
     method: str = "",
     backbone: str = "",
     fmt: Format = "png",
+    test_counts: Mapping[str, int] | None = None,
 ) -> bytes:
     """:func:`curve_figure` as PNG (default) or SVG bytes."""
-    return _render(curve_figure(frame, arms, title, dataset=dataset, method=method, backbone=backbone), fmt)
+    setup = {"dataset": dataset, "method": method, "backbone": backbone, "test_counts": test_counts}
+    return _render(curve_figure(frame, arms, title, **setup), fmt)
 
 
 def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:

@@ -22,6 +22,7 @@ from finetune.report import (
     budget_ticks,
     seed_stats,
     summary_table,
+    test_split_caption,
 )
 
 Forecast = Mapping[str, Sequence[tuple[float, float]]]  # arm -> [(labels per class, predicted accuracy)]
@@ -155,7 +156,7 @@ def _arm(arm: str, style: ArmStyle, runs: pd.DataFrame, scale: _Scale) -> tuple[
     )
     points = []
     for x, part in runs.groupby("labels_per_class"):
-        label = budget_label(part.budget.iloc[0], x)
+        label = budget_label(part.budget.iloc[0], int(part.n_labels.max()))
         points.append(
             f'<g class="point" tabindex="0" data-arm="{_e(arm)}" data-budget="{_e(label)}" '
             f'aria-label="{_e(_tip(arm, label, part))}" fill="{style.color}">'
@@ -246,16 +247,22 @@ def table_html(table: pd.DataFrame) -> str:
 
 
 def report_html(
-    frame: pd.DataFrame, arms: list[str], title: str, subtitle: str, forecast: Forecast | None = None
+    frame: pd.DataFrame,
+    arms: list[str],
+    title: str,
+    subtitle: str,
+    forecast: Forecast | None = None,
+    test_counts: Mapping[str, int] | None = None,
 ) -> bytes:
     """The whole page as UTF-8 bytes: title, chart, caption and table, all text escaped, nothing external.
 
     ``forecast`` maps an arm to predicted (labels per class, accuracy) points, drawn as a thin line;
     arms without runs in ``frame`` are left out.
+    ``test_counts`` (images per class of the test split) says what every accuracy was measured on.
     """
     caption = (
         f"Lines: mean test accuracy over seeds at each measured budget. Shaded {band_caption(frame)}. "
-        "'all (N)' is the whole labeled pool, N labels per class on average. "
+        "'all (N)' is the whole labeled pool, N labels in all. "
         "Hover over or tab to a point to see each seed's accuracy."
     )
     page = [
@@ -264,6 +271,7 @@ def report_html(
         f'<h1>{_e(title)}</h1><p class="subtitle">{_e(subtitle)}</p>',
         chart_svg(frame, arms, forecast),
         f'<p class="caption">{_e(caption)}</p>',
+        f'<p class="caption" id="test-split">{_e(test_split_caption(test_counts))}</p>' if test_counts else "",
         table_html(summary_table(frame, arms)),
         f'<div id="tooltip" role="tooltip" hidden></div><script>{SCRIPT}</script></body></html>\n',
     ]

@@ -47,6 +47,9 @@ TORCHVISION_DATASETS = {
 }
 STATS_SAMPLE = 10_000
 SUMMARY_CLASSES = 10  # classes named with their counts in the summary; the rest are counted
+#: fewest test images per class that measure it (data.min_test_per_class): below that, one image
+#: moves a class's accuracy by more than 10 points, and a class without any is not measured at all
+MIN_TEST_PER_CLASS = 10
 #: split names as datasets publish them (case-insensitive) -> train, test or val
 SPLIT_NAMES = {
     "train": "train",
@@ -66,6 +69,24 @@ class DataError(LabelcurveError, ValueError):
     """A data problem, phrased as one line for the user."""
 
 
+@dataclass(frozen=True)
+class SplitRule:
+    """What :func:`load_data` does once the duplicate guard has thinned the test split: keep it or
+    redraw it (``resplit``), and the fewest test images per class below which it refuses to go on."""
+
+    resplit: bool = False
+    minimum: int = MIN_TEST_PER_CLASS
+    fraction: float = 0.3
+    seed: int = 0
+
+
+def _counted(counts: dict[str, int]) -> str:
+    """'a 7, b 7, ..., 2 more': the first classes with their counts, the rest counted."""
+    items = list(counts.items())
+    named = ", ".join(f"{name} {n}" for name, n in items[:SUMMARY_CLASSES])
+    return named + (f", {len(items) - SUMMARY_CLASSES} more" if len(items) > SUMMARY_CLASSES else "")
+
+
 class _Images:
     """What a plan and its verified data share: the classes, the manifest and the decoder."""
 
@@ -73,10 +94,14 @@ class _Images:
     frame: pd.DataFrame
     source: ImageSource
 
-    def class_counts(self) -> dict[str, int]:
-        """Images per class in the labeled pool."""
-        pool = self.frame.label[self.frame.split == POOL].to_numpy(np.int64)
-        return dict(zip(self.classes, np.bincount(pool, minlength=len(self.classes)).tolist(), strict=True))
+    def class_counts(self, split: str = POOL) -> dict[str, int]:
+        """Images per class in the labeled pool (or in ``split``)."""
+        labels = self.frame.label[self.frame.split == split].to_numpy(np.int64)
+        return dict(zip(self.classes, np.bincount(labels, minlength=len(self.classes)).tolist(), strict=True))
+
+    def test_counts(self) -> dict[str, int]:
+        """Images per class in the test split: what each class's accuracy is measured on."""
+        return self.class_counts(TEST)
 
     @property
     def image_size(self) -> int:
@@ -97,6 +122,7 @@ class DataPlan(_Images):
     description: str = ""
     duplicates: int = 0  # files listed twice through symlinks, dropped
     layout: str = ""  # how data.path was read, e.g. which folder became which split
+    rule: SplitRule = field(default_factory=SplitRule)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame.split == name]
@@ -104,12 +130,9 @@ class DataPlan(_Images):
     def summary(self) -> str:
         """Two lines on what was understood, to print before compute: a misread layout shows here."""
         counts = self.frame.split.value_counts()
-        per_class = list(self.class_counts().items())
-        named = ", ".join(f"{name} {n}" for name, n in per_class[:SUMMARY_CLASSES])
-        rest = f", {len(per_class) - SUMMARY_CLASSES} more" if len(per_class) > SUMMARY_CLASSES else ""
         return (
             f"data: {self.description} read as {self.layout}\n"
-            f"data: {len(self.classes)} classes ({named}{rest}); labeled pool {counts.get(POOL, 0)}, "
+            f"data: {len(self.classes)} classes ({_counted(self.class_counts())}); labeled pool {counts.get(POOL, 0)}, "
             f"test {counts.get(TEST, 0)}, unlabeled {counts.get(UNLABELED, 0)}"
         )
 
@@ -132,12 +155,26 @@ class StudyData(_Images):
     skipped: int = 0  # unreadable labeled or test images
     leaked: int = 0  # test images also in the pool (same file or same pixels), left out of the test split
     skipped_files: list[str] = field(default_factory=list)
+    converted: int = 0  # labeled and test images decoded with other channels than the study's
+    resplit: bool = False  # the test split was redrawn from the de-duplicated images (data.test_split=resplit)
 
     def items(self, split: str) -> list[str]:
         return self.frame.item[self.frame.split == split].tolist()
 
     def labels(self, split: str) -> np.ndarray:
         return self.frame.label[self.frame.split == split].to_numpy(np.int64)
+
+    def summary(self) -> list[str]:
+        """What the decoding found that the listing could not: the test split each class is measured
+        on after the duplicate guard, and how many images changed their channel count."""
+        counts = self.test_counts()
+        how = "redrawn from the de-duplicated images" if self.resplit else "after the duplicate guard"
+        lines = [f"data: test split {how}: {_counted(counts)} ({sum(counts.values())} images)"]
+        if self.converted and self.channels == 3:
+            lines.append(f"data: {self.converted} grayscale images converted to 3 channels (data.channels=1 keeps one)")
+        elif self.converted:
+            lines.append(f"data: {self.converted} colour images converted to 1 channel (data.channels=3 keeps colour)")
+        return lines
 
     @property
     def pretraining_items(self) -> list[str]:
@@ -208,9 +245,11 @@ def _split_folders(where: str, folders: list[str], validation: str | None) -> di
     others = [f for f in folders if kinds[f] is None]
     if others:
         found = ", ".join(f for f in folders if kinds[f])
+        listed = ", ".join(others)
         raise DataError(
-            f"data.path '{where}' mixes split folders ({found}) with other folders ({', '.join(others)}): move "
-            "the class folders into the split folders, or rename a class that is named like a split"
+            f"data.path '{where}' mixes split folders ({found}) with other folders ({listed}): skip them with "
+            f"data.ignore=[{listed}] or point data.path at a folder without them; if they are classes, move them "
+            "into the split folders (or rename a class that is named like a split)"
         )
     for kind in sorted(set(kinds.values())):
         same = [f for f in folders if kinds[f] == kind]
@@ -247,15 +286,27 @@ def _check_not_wrapped(where: str, parts: pd.Series) -> None:
         )
 
 
-def _folder_frame(root: Location, validation: str | None, progress: Progress | None) -> _Listing:
+def _folder_frame(
+    root: Location, validation: str | None, progress: Progress | None, ignore: list[str] | None = None
+) -> _Listing:
     """An ImageFolder root: ``<class>/<image>``, or split folders such as ``train/<class>/<image>``
-    (+ ``test/``, ``val/``; named in any case, ``Training/``, ``valid/``...)."""
+    (+ ``test/``, ``val/``; named in any case, ``Training/``, ``valid/``...); the folders named in
+    ``ignore`` (data.ignore) are not listed."""
+    where = root.item(root.path)
+    ignore = ignore or []
+    if ignore:
+        present = root.folders(root.path)
+        unknown = [name for name in ignore if name not in present]
+        if unknown:
+            raise DataError(
+                f"data.ignore names '{unknown[0]}', not a folder of data.path '{where}': its folders are "
+                f"{', '.join(present)}"
+            )
     step = (lambda n: progress("listing", n, None)) if progress else None
-    frame, duplicates = _without_symlink_duplicates(root.images(root.path, step))
+    frame, duplicates = _without_symlink_duplicates(root.images(root.path, step, skip=ignore))
     parts = relative(frame.item, root).str.split("/")
     in_folder = parts.str.len() >= 2  # images at the root itself have no class
     frame, parts = frame[in_folder], parts[in_folder]
-    where = root.item(root.path)
     folders = sorted(parts.str[0].unique())
     expected = where
     if any(_split_of(f) for f in folders):
@@ -271,6 +322,8 @@ def _folder_frame(root: Location, validation: str | None, progress: Progress | N
         frame = frame.assign(split=POOL, _class=parts.str[0])
         layout = "class folders <class>/<image>"
     classes, frame = _labeled(frame, f"no images found under '{expected}': expected {expected}/<class>/<image> files")
+    if ignore:
+        layout += f"; {', '.join(f'{name}/' for name in ignore)} ignored"
     return _Listing(classes, frame, layout, duplicates)
 
 
@@ -400,11 +453,13 @@ def _listing(cfg, progress: Progress | None) -> tuple[_Listing, ImageSource, str
         source = ImageSource(cfg.image_size or native, cfg.channels or 3, root)
         return listing, source, f"{TORCHVISION_DATASETS[cfg.name][1]} in {root}"
     if cfg.path.lower().endswith(".csv"):
+        if cfg.ignore:
+            raise DataError(f"data.ignore skips folders, and data.path '{cfg.path}' is a CSV: drop its rows instead")
         where = _location(cfg.path, "data.path", fs.FileType.File)
         listing = _csv_frame(where, cfg.validation)
     else:
         where = _location(cfg.path, "data.path")
-        listing = _folder_frame(where, cfg.validation, progress)
+        listing = _folder_frame(where, cfg.validation, progress, cfg.ignore)
     return listing, ImageSource(cfg.image_size or 32, cfg.channels or 3), where.item(where.path)
 
 
@@ -454,21 +509,28 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
     if cfg.max_unlabeled is not None and len(extra) > cfg.max_unlabeled:
         keep = np.random.default_rng(cfg.split_seed).choice(len(extra), cfg.max_unlabeled, replace=False)
         frame = frame.drop(extra.index.delete(keep))
+    minimum = MIN_TEST_PER_CLASS if cfg.min_test_per_class is None else cfg.min_test_per_class
+    rule = SplitRule(cfg.test_split == "resplit", minimum, cfg.test_fraction, cfg.split_seed)
+    return DataPlan(classes, _in_order(frame), source, description, duplicates, layout, rule)
+
+
+def _in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's order: pool, test, unlabeled, each by item."""
     order = frame.split.map({POOL: 0, TEST: 1, UNLABELED: 2})
-    frame = frame.assign(_order=order).sort_values(["_order", "item"]).drop(columns="_order").reset_index(drop=True)
-    return DataPlan(classes, frame, source, description, duplicates, layout)
+    return frame.assign(_order=order).sort_values(["_order", "item"]).drop(columns="_order").reset_index(drop=True)
 
 
 def _read_all(source: ImageSource, items: list[str], progress: Progress | None, step: str, hashes: bool = True):
-    """Decode ``items`` in threads (PIL releases the GIL); per item: readable?, pixel hash, sums."""
+    """Decode ``items`` in threads (PIL releases the GIL); per item: readable?, pixel hash, sums,
+    the channels the file had."""
 
     def one(item: str):
-        array = source.read(item)
+        array, channels = source.decode(item)
         if array is None:
-            return False, "", None
+            return False, "", None, 0
         pixels = array.reshape(array.shape[0], -1).astype(np.float64) / 255.0
         stats = (pixels.sum(1), (pixels**2).sum(1), pixels.shape[1])
-        return True, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest() if hashes else "", stats
+        return True, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest() if hashes else "", stats, channels
 
     results = []
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
@@ -491,30 +553,94 @@ def _moments(results) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(variance, 0)).clip(min=1e-3).tolist())
 
 
+def _resplit(frame: pd.DataFrame, hashes: pd.Series, rule: SplitRule) -> pd.DataFrame:
+    """The labeled pool and the test split pooled and split again, stratified, with ``rule``'s
+    fraction and seed. Images with the same pixels form one unit and land on one side together,
+    so the new test split shares no image with the pool."""
+    from sklearn.model_selection import train_test_split  # scipy: 2 s to import, only needed here
+
+    labeled = frame[frame.split != UNLABELED]
+    groups = hashes[labeled.index]
+    distinct = labeled[~groups.duplicated().to_numpy()]
+    if np.bincount(distinct.label).min() < 2:
+        raise DataError(
+            "data.test_split=resplit: a class has fewer than 2 distinct images, a stratified test split needs 2"
+        )
+    try:
+        _, test_index = train_test_split(
+            distinct.index, test_size=rule.fraction, stratify=distinct.label, random_state=rule.seed
+        )
+    except ValueError:  # fewer images left on one side than there are classes
+        raise DataError(
+            f"data.test_split=resplit with data.test_fraction={rule.fraction} leaves a class no image in the labeled "
+            "pool or the test split: change data.test_fraction or add images"
+        ) from None
+    frame = frame.copy()
+    frame.loc[labeled.index, "split"] = np.where(groups.isin(set(groups[test_index])), TEST, POOL)
+    return frame
+
+
+def _check_test_split(data: StudyData, rule: SplitRule) -> None:
+    """Refuse a test split that cannot measure every class (one image moves a class of 5 by 20 points;
+    a class without any is not measured), saying how to redraw it or to go on as it is."""
+    counts = data.test_counts()
+    short = {name: n for name, n in counts.items() if n < rule.minimum}
+    if not short:
+        return
+    shown = f"test split: {_counted(counts)}" if len(counts) <= SUMMARY_CLASSES else f"short: {_counted(short)}"
+    problem = f"{len(short)} of {len(counts)} classes have fewer than {rule.minimum} test images"
+    go_on = "data.min_test_per_class=0 to go on as is"
+    if data.resplit:
+        raise DataError(
+            f"the test split cannot measure every class: {problem} in the test split redrawn with "
+            f"data.test_fraction={rule.fraction:g} ({shown}): raise data.test_fraction or add images, or set {go_on}"
+        )
+    images = f"{data.leaked} test image{'s' if data.leaked != 1 else ''}"
+    guard = f" after the duplicate guard left out {images} also in the pool" if data.leaked else ""
+    raise DataError(
+        f"the test split cannot measure every class: {problem}{guard} ({shown}): set data.test_split=resplit to "
+        f"draw a stratified test split (data.test_fraction={rule.fraction:g}) from the de-duplicated images, "
+        f"or {go_on}"
+    )
+
+
 def load_data(
     plan: DataPlan, progress: Progress | None = None, stats_sample: int = STATS_SAMPLE, seed: int = 0
 ) -> StudyData:
     """Verify the labeled pool and the test split, and estimate the normalization statistics.
 
     Unreadable images are skipped and counted; a test image whose file or pixels also appear in
-    the pool (or the pretraining pool) is leakage and leaves the test split. Mean and std come
-    from a fixed random sample of at most ``stats_sample`` pretraining images.
+    the pool (or the pretraining pool) is leakage and leaves the test split. With
+    ``data.test_split=resplit`` the test split is then drawn again from the de-duplicated images;
+    a test split that leaves a class under ``data.min_test_per_class`` images is refused (raises
+    :class:`DataError`) before any compute. Mean and std come from a fixed random sample of at
+    most ``stats_sample`` pretraining images.
     """
     frame = plan.frame
     labeled = frame[frame.split != UNLABELED]
     checked = _read_all(plan.source, labeled.item.tolist(), progress, "verifying")
     ok = pd.Series([r[0] for r in checked], index=labeled.index)
     hashes = pd.Series([r[1] for r in checked], index=labeled.index)
+    converted = sum(1 for r in checked if r[0] and r[3] != plan.channels)
     bad = ok.index[~ok]
     skipped_files = frame.item[bad].tolist()
     if skipped_files:
         log.warning("skipped %d unreadable images of %s", len(skipped_files), plan.description)
     frame = frame.drop(bad)
-    pool_hashes = set(hashes[ok & (labeled.split == POOL)])
-    test = frame[frame.split == TEST]
     unlabeled = set(frame.item[frame.split == UNLABELED])
-    leaked = test.index[hashes[test.index].isin(pool_hashes) | test.item.isin(unlabeled)]
-    frame = frame.drop(leaked).reset_index(drop=True)
+
+    def leaks(frame: pd.DataFrame) -> pd.Index:
+        pool_hashes = set(hashes[frame.index[frame.split == POOL]])
+        test = frame[frame.split == TEST]
+        return test.index[hashes[test.index].isin(pool_hashes) | test.item.isin(unlabeled)]
+
+    leaked = leaks(frame)
+    frame = frame.drop(leaked)
+    if plan.rule.resplit and (frame.split == POOL).any():
+        frame = _resplit(frame, hashes, plan.rule)
+        more = leaks(frame)  # only a file listed both as labeled and in data.unlabeled_path can be left
+        frame, leaked = frame.drop(more), leaked.append(more)
+    frame = _in_order(frame) if plan.rule.resplit else frame.reset_index(drop=True)
     if not (frame.split == POOL).any() or not (frame.split == TEST).any():
         raise DataError(f"no readable images in {plan.description}: every file failed to decode")
     pretraining = frame.item[frame.split != TEST].to_numpy()
@@ -526,7 +652,7 @@ def load_data(
     if not any(r[0] for r in results):
         raise DataError(f"no readable images in the pretraining pool of {plan.description}")
     mean, std = _moments(results)
-    return StudyData(
+    data = StudyData(
         plan.classes,
         frame,
         plan.source,
@@ -537,7 +663,11 @@ def load_data(
         len(skipped_files),
         len(leaked),
         skipped_files,
+        converted,
+        plan.rule.resplit,
     )
+    _check_test_split(data, plan.rule)
+    return data
 
 
 def verification_record(data: StudyData) -> bytes:
@@ -550,17 +680,20 @@ def verification_record(data: StudyData) -> bytes:
         "skipped": data.skipped,
         "leaked": data.leaked,
         "skipped_files": data.skipped_files,
+        "converted": data.converted,
+        "resplit": data.resplit,
     }
     return to_parquet(data.frame, found)
 
 
 def recorded_data(plan: DataPlan, path: str | os.PathLike) -> StudyData:
-    """The :class:`StudyData` of ``plan`` from its :func:`verification_record` at ``path``."""
+    """The :class:`StudyData` of ``plan`` from its :func:`verification_record` at ``path``; its test
+    split is checked again (a record of an earlier release was never checked)."""
     frame, found = from_parquet(path)
     frame = frame.astype({"item": object})  # as listed: Parquet reads strings back as pandas' str dtype
     if found.get("digest") != plan.digest:
         raise DataError(f"the verification record at {path} is of manifest {found.get('digest')}, not {plan.digest}")
-    return StudyData(
+    data = StudyData(
         plan.classes,
         frame,
         plan.source,
@@ -571,4 +704,8 @@ def recorded_data(plan: DataPlan, path: str | os.PathLike) -> StudyData:
         found["skipped"],
         found["leaked"],
         found["skipped_files"],
+        found.get("converted", 0),
+        found.get("resplit", False),
     )
+    _check_test_split(data, plan.rule)
+    return data

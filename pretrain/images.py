@@ -54,6 +54,11 @@ class ImageSource:
 
     def read(self, item: str) -> np.ndarray | None:
         """``item`` as uint8 ``channels x image_size x image_size``; ``None`` if it cannot be decoded."""
+        return self.decode(item)[0]
+
+    def decode(self, item: str) -> tuple[np.ndarray | None, int]:
+        """:meth:`read`'s array and the channels the image had (1: grayscale, 3: colour), so that
+        a study can say how many images it converted to its channel count."""
         kind, _, rest = item.partition(":")
         if kind == "digits":
             with _LOADING:
@@ -69,8 +74,9 @@ class ImageSource:
                     array = decode_file(handle, self.image_size)
             except DECODE_ERRORS as error:
                 log.warning("skipping unreadable image %s (%s)", item, error)
-                return None
-        return resize(_channels(array, self.channels), self.image_size)
+                return None, 0
+        native = 1 if array.ndim == 2 else array.shape[2]
+        return resize(_channels(array, self.channels), self.image_size), native
 
     def read_many(self, items: list[str]) -> tuple[torch.Tensor, np.ndarray]:
         """A uint8 ``N x C x H x W`` batch of the readable ``items``, and the mask of which were.

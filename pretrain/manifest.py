@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,10 +70,13 @@ class Location:
         infos = self.filesystem.get_file_info(fs.FileSelector(path))
         return sorted(i.base_name for i in infos if i.type == fs.FileType.Directory)
 
-    def images(self, path: str, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-        """Every image file under ``path`` (recursive; sub-folders in parallel), sorted by item."""
+    def images(
+        self, path: str, progress: Callable[[int], None] | None = None, skip: Collection[str] = ()
+    ) -> pd.DataFrame:
+        """Every image file under ``path`` (recursive; sub-folders in parallel), sorted by item; the
+        sub-folders of ``path`` named in ``skip`` are not listed (a stray copy of a whole dataset)."""
         top = self.filesystem.get_file_info(fs.FileSelector(path))
-        folders = [i.path for i in top if i.type == fs.FileType.Directory]
+        folders = [i.path for i in top if i.type == fs.FileType.Directory and i.base_name not in skip]
         files = [i for i in top if i.type == fs.FileType.File]
 
         def walk(folder: str) -> list:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from finetune.budgets import BudgetError, check_budgets, labels_per_class, subset_indices
+from finetune.budgets import BudgetError, budget_label, check_budgets, labels_per_class, subset_indices
 
 LABELS = np.repeat(np.arange(5), [30, 25, 40, 22, 33])
 
@@ -42,3 +42,9 @@ def test_budget_larger_than_smallest_class_names_class_and_fix():
 def test_labels_per_class_for_all_is_the_mean():
     assert labels_per_class(5, 50, 10) == 5.0
     assert labels_per_class("all", 1257, 10) == pytest.approx(125.7)
+
+
+def test_all_is_labelled_by_its_total_not_a_mean_per_class():
+    """A mean per class hides imbalance: 'all (718)' read as 718 per class where one class had 395."""
+    assert budget_label("all", 2870) == "all (2,870)"
+    assert budget_label("5", 50) == budget_label(5, 50) == "5"

@@ -1,4 +1,5 @@
 import os
+import shutil
 import struct
 import zlib
 
@@ -35,7 +36,13 @@ def test_image_folder_with_test_split_and_extra_unlabeled(tmp_path):
     write_image_folder(tmp_path / "ds" / "train", {"a": 6, "b": 7})
     write_image_folder(tmp_path / "ds" / "test", {"a": 2, "b": 3}, seed=1)
     write_image_folder(tmp_path / "more" / "x" / "deep", {"u": 4}, seed=2)
-    cfg = DataConfig(name="folder", path=str(tmp_path / "ds"), unlabeled_path=str(tmp_path / "more"), image_size=8)
+    cfg = DataConfig(
+        name="folder",
+        path=str(tmp_path / "ds"),
+        unlabeled_path=str(tmp_path / "more"),
+        image_size=8,
+        min_test_per_class=0,  # 2 and 3 test images: too few to measure, enough to test the listing
+    )
     plan = plan_data(cfg)
     assert plan.classes == ("a", "b")
     assert plan.class_counts() == {"a": 6, "b": 7}
@@ -69,7 +76,7 @@ def test_corrupt_images_are_skipped_counted_and_budgets_see_what_decoded(tmp_pat
     write_image_folder(tmp_path / "test", {"a": 2, "b": 2}, seed=1)
     for name in ("broken.png", "empty.jpg", "zz.png"):
         (tmp_path / "train" / "b" / name).write_bytes(b"not an image" if name != "empty.jpg" else b"")
-    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path), min_test_per_class=0))
     assert plan.class_counts() == {"a": 5, "b": 8}  # listed
     data = load_data(plan)
     assert data.skipped == 3 and len(data.skipped_files) == 3
@@ -84,17 +91,17 @@ def test_what_verification_found_reads_back_without_decoding(tmp_path, monkeypat
     write_image_folder(tmp_path / "train", {"a": 5, "b": 5})
     write_image_folder(tmp_path / "test", {"a": 2, "b": 2}, seed=1)
     (tmp_path / "train" / "b" / "broken.png").write_bytes(b"not an image")
-    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path), min_test_per_class=0))
     data = load_data(plan)
     (tmp_path / "verified.parquet").write_bytes(verification_record(data))
-    monkeypatch.setattr(ImageSource, "read", lambda *_: pytest.fail("decoded an image"))
+    monkeypatch.setattr(ImageSource, "decode", lambda *_: pytest.fail("decoded an image"))
     again = recorded_data(plan, tmp_path / "verified.parquet")
     assert again.frame.equals(data.frame) and again.digest == data.digest == plan.digest
     assert (again.mean, again.std) == (data.mean, data.std)
     assert (again.skipped, again.skipped_files) == (1, data.skipped_files) and again.leaked == data.leaked
     (tmp_path / "train" / "a" / "new.png").write_bytes((tmp_path / "train" / "b" / "broken.png").read_bytes())
     with pytest.raises(DataError, match="is of manifest"):  # another listing: not this record's
-        recorded_data(plan_data(DataConfig(name="folder", path=str(tmp_path))), tmp_path / "verified.parquet")
+        recorded_data(plan_data(_folder(tmp_path, min_test_per_class=0)), tmp_path / "verified.parquet")
 
 
 def _png_claiming(path, width: int, height: int) -> None:
@@ -130,7 +137,7 @@ def test_symlinked_class_folder_and_pool_test_duplicates_are_not_leakage(tmp_pat
     write_image_folder(tmp_path / "test", {"a": 3, "b": 3}, seed=1)
     os.symlink(tmp_path / "train", tmp_path / "train" / "link")  # train/link -> train: every image again
     (tmp_path / "test" / "a" / "0000.png").write_bytes((tmp_path / "train" / "a" / "0000.png").read_bytes())
-    plan = plan_data(DataConfig(name="folder", path=str(tmp_path)))
+    plan = plan_data(DataConfig(name="folder", path=str(tmp_path), min_test_per_class=0))
     assert plan.classes == ("a", "b") and plan.duplicates >= 12  # link/a, link/link/a, ... until ELOOP
     assert plan.class_counts() == {"a": 6, "b": 6}
     data = load_data(plan)
@@ -214,16 +221,21 @@ def test_torchvision_cifar10_and_stl10_roots_load_offline(tmp_path, monkeypatch)
     for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
         monkeypatch.setattr(module, "check_integrity", lambda *args, **kwargs: True)
     _fake_cifar10(tmp_path / "cifar")
-    data = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"))))
+    few = {"min_test_per_class": 0}  # 2 test images per class: enough to test the reading
+    data = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"), **few)))
     assert data.classes[0] == "airplane" and len(data.classes) == 10
     assert (len(data.items(POOL)), len(data.items(TEST)), data.image_size, data.channels) == (100, 20, 32, 3)
     assert np.bincount(data.labels(POOL)).tolist() == [10] * 10
 
-    gray = load_data(plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"), image_size=16, channels=1)))
+    gray = load_data(
+        plan_data(DataConfig(name="cifar10", path=str(tmp_path / "cifar"), image_size=16, channels=1, **few))
+    )
     assert gray.source.read(gray.items(POOL)[0]).shape == (1, 16, 16)
 
     _fake_stl10(tmp_path / "stl")
-    stl = load_data(plan_data(DataConfig(name="stl10", path=str(tmp_path / "stl"), image_size=48, max_unlabeled=25)))
+    stl = load_data(
+        plan_data(DataConfig(name="stl10", path=str(tmp_path / "stl"), image_size=48, max_unlabeled=25, **few))
+    )
     assert (len(stl.items(POOL)), len(stl.items(TEST)), stl.image_size) == (20, 20, 48)
     assert len(stl.pretraining_items) == 20 + 25  # the labeled pool plus the capped unlabeled split
     assert stl.source.read(stl.items(UNLABELED)[0]).shape == (3, 48, 48)
@@ -303,7 +315,7 @@ def test_csv_of_path_label_and_split_relative_or_absolute(tmp_path):
     rows = [f"img/{c}/{i:04d}.png,{c},{'TRAIN' if c == 'a' else 'Training'}" for c in "ab" for i in range(3)]
     rows += [f"{tmp_path}/img/a/0003.png,a,Test", "img/b/0003.png,b,val"]
     (tmp_path / "labels.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    plan = plan_data(_folder(tmp_path / "labels.csv"))
+    plan = plan_data(_folder(tmp_path / "labels.csv", min_test_per_class=0))
     assert plan.classes == ("a", "b") and plan.class_counts() == {"a": 3, "b": 4}  # val joins the pool
     assert sorted(plan.split(TEST).item) == [str(tmp_path / "img" / "a" / "0003.png")]
     assert (plan.frame["size"] > 0).all() and "a CSV of path,label,split" in plan.summary()
@@ -410,3 +422,84 @@ def test_read_threads_share_one_load_of_an_in_memory_dataset(monkeypatch):
         images._digits.cache_clear()
     assert len(loads) == 1
     assert all(a is not None and a.shape == (1, 8, 8) for a in arrays)
+
+
+def _thinned_by_the_guard(root):
+    """Training/Testing folders where most test images of b and c are copies of training images,
+    as on a public set: the duplicate guard leaves b 3 test images and c none."""
+    _split_root(root, {"Training": {c: 20 for c in "abcd"}, "Testing": {c: 12 for c in "abcd"}})
+    for name, copies in (("b", 9), ("c", 12)):
+        for i in range(copies):
+            shutil.copy(root / "Training" / name / f"{i:04d}.png", root / "Testing" / name / f"{i:04d}.png")
+    return root
+
+
+def test_a_test_split_the_duplicate_guard_thinned_is_refused_with_its_counts(tmp_path):
+    root = _thinned_by_the_guard(tmp_path / "set")
+    with pytest.raises(DataError) as error:
+        load_data(plan_data(_folder(root)))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "2 of 4 classes have fewer than 10 test images" in message
+    assert "the duplicate guard left out 21 test images also in the pool" in message
+    assert "test split: a 12, b 3, c 0, d 12" in message
+    assert "set data.test_split=resplit" in message and "data.min_test_per_class=0 to go on as is" in message
+    as_is = load_data(plan_data(_folder(root, min_test_per_class=0)))  # the user's choice: go on
+    assert np.bincount(as_is.labels(TEST), minlength=4).tolist() == [12, 3, 0, 12] and as_is.leaked == 21
+    with pytest.raises(DataError, match="2 of 4 classes have fewer than 4 test images"):
+        load_data(plan_data(_folder(root, min_test_per_class=4)))
+
+
+def test_resplit_draws_a_stratified_test_split_from_the_deduplicated_images(tmp_path):
+    root = _thinned_by_the_guard(tmp_path / "set")
+    for i in range(6):  # copies inside the pool too: a copy and its original land on the same side
+        shutil.copy(root / "Training" / "a" / f"{i:04d}.png", root / "Training" / "a" / f"copy{i}.png")
+    plan = plan_data(_folder(root, test_split="resplit", test_fraction=0.5, split_seed=3))
+    data = load_data(plan)
+    test, pool = np.bincount(data.labels(TEST), minlength=4), np.bincount(data.labels(POOL), minlength=4)
+    assert (pool + test).tolist() == [32 + 6, 23, 20, 32]  # the test copies of pool images are gone
+    pixels = {item: ImageSource(12, 3).read(item).tobytes() for item in data.frame.item}
+    assert not {pixels[i] for i in data.items(TEST)} & {pixels[i] for i in data.items(POOL)}  # no leakage
+    tested = list(zip(data.items(TEST), data.labels(TEST), strict=True))
+    distinct = [len({pixels[i] for i, y in tested if y == c}) for c in range(4)]
+    assert np.all(np.abs(np.array(distinct) - 0.5 * np.array([32, 23, 20, 32])) <= 1)  # stratified, half
+    again = load_data(plan_data(_folder(root, test_split="resplit", test_fraction=0.5, split_seed=3)))
+    assert again.frame.equals(data.frame)  # reproducible from data.split_seed
+    assert "test split redrawn" in " ".join(data.summary())
+    with pytest.raises(DataError, match=r"raise data.test_fraction or add images.*data.min_test_per_class=0"):
+        load_data(plan_data(_folder(root, test_split="resplit", test_fraction=0.1)))
+
+
+def test_the_refusal_comes_through_the_cli_as_one_line_and_exit_2_before_pretraining(labelcurve, tmp_path):
+    root = _thinned_by_the_guard(tmp_path / "set")
+    result = labelcurve("run", "study=thin", "data.name=folder", f"data.path={root}", "finetune.budgets=[1, 2]")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "test split: a 12, b 3, c 0, d 12" in last
+    assert not (tmp_path / "labelcurve-runs").exists()  # no pretraining started
+
+
+def test_a_stray_copy_beside_the_split_folders_is_named_and_can_be_ignored(tmp_path):
+    _split_root(tmp_path, {"train": {"a": 3, "b": 3}, "valid": {"a": 1, "b": 1}, "test": {"a": 2, "b": 2}})
+    _split_root(tmp_path / "raw", {"a": {"x": 2}, "b": {"x": 2}})  # a copy of the whole dataset, as downloaded
+    with pytest.raises(DataError) as error:
+        plan_data(_folder(tmp_path))
+    message = str(error.value)
+    assert "other folders (raw)" in message and "data.ignore=[raw]" in message
+    assert "point data.path at a folder without them" in message and "\n" not in message
+    plan = plan_data(_folder(tmp_path, ignore=["raw"]))
+    assert plan.classes == ("a", "b") and not plan.frame.item.str.contains("/raw/").any()
+    assert plan.class_counts() == {"a": 4, "b": 4} and len(plan.split(TEST)) == 4
+    with pytest.raises(DataError, match=r"data.ignore names 'rwa', not a folder of .*: its folders are raw, test"):
+        plan_data(_folder(tmp_path, ignore=["rwa"]))
+
+
+def test_summary_after_the_guard_counts_the_test_split_and_grayscale_conversions(tmp_path):
+    root = _thinned_by_the_guard(tmp_path / "set")
+    for path in sorted((root / "Training" / "a").iterdir())[:5]:
+        Image.open(path).convert("L").save(path)
+    data = load_data(plan_data(_folder(root, min_test_per_class=0)))
+    lines = data.summary()
+    assert "data: test split after the duplicate guard: a 12, b 3, c 0, d 12 (27 images)" in lines
+    assert "data: 5 grayscale images converted to 3 channels (data.channels=1 keeps one)" in lines
+    assert data.converted == 5 and data.test_counts() == {"a": 12, "b": 3, "c": 0, "d": 12}

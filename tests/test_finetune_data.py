@@ -101,7 +101,8 @@ def test_batches_are_those_of_the_whole_subset_in_one_tensor(folder, keep):
 
 def test_an_image_gone_since_loading_stops_the_run_with_its_name(tmp_path):
     root = write_image_folder(tmp_path, {"a": 20, "b": 20}, size=12)
-    data = load_data(plan_data(DataConfig(name="folder", path=str(root), image_size=12)))
+    few = DataConfig(name="folder", path=str(root), image_size=12, min_test_per_class=0)  # 6 test images a class
+    data = load_data(plan_data(few))
     gone = data.items(POOL)[3]
     open(gone, "wb").close()  # truncated: it decoded when the data was loaded, not any more
     with pytest.raises(OSError, match=f"image {gone} can no longer be decoded: restore it and re-run"):

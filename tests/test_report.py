@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from finetune.report import OKABE_ITO, curve_figure, curve_png, results_frame, summary_table
+from finetune.report import OKABE_ITO, console_table, curve_figure, curve_png, results_frame, summary_table
 from finetune.report_html import report_html
 
 ARMS = ["ssl-linear", "scratch"]
@@ -76,7 +76,7 @@ def test_old_call_still_draws(frame):
 def test_svg_ticks_are_the_measured_budgets(frame):
     root = ElementTree.fromstring(curve_png(frame, ARMS, "study: accuracy", fmt="svg", **SETUP))
     texts = {"".join(node.itertext()).strip() for node in root.iter("{http://www.w3.org/2000/svg}text")}
-    assert {"1", "2", "5", "10", "20", "50", "all (126)"} <= texts
+    assert {"1", "2", "5", "10", "20", "50", "all (1,257)"} <= texts
     assert not any("10^" in text for text in texts)
     assert {"study: accuracy", "dataset digits · method simclr · backbone small_cnn"} <= texts
     assert "band: min..max over 3 seeds" in texts
@@ -88,7 +88,7 @@ def test_arms_differ_by_colour_marker_and_line_style(frame):
         axis = figure.axes[0]
         lines = {line.get_label(): line for line in axis.get_lines()}
         assert axis.get_xscale() == "log"
-        assert [tick.get_text() for tick in axis.get_xticklabels()] == ["1", "2", "5", "10", "20", "50", "all (126)"]
+        assert [tick.get_text() for tick in axis.get_xticklabels()] == ["1", "2", "5", "10", "20", "50", "all (1,257)"]
     finally:
         plt.close(figure)
     ssl, scratch = lines["ssl-linear"], lines["scratch"]
@@ -110,7 +110,7 @@ def test_html_shows_the_table_ticks_and_each_seed(frame):
     page = report_html(frame, ARMS, "study", "dataset digits").decode()
     table = summary_table(frame, ARMS)
     assert all(cell in page for cell in table.to_numpy().ravel())
-    assert ">all (126)</text>" in page and ">1</text>" in page and ">50</text>" in page
+    assert ">all (1,257)</text>" in page and ">1</text>" in page and ">50</text>" in page
     assert "band: min..max over 3 seeds" in page
     tips = {attrs["aria-label"] for tag, attrs in _tags(page) if "point" in attrs.get("class", "")}
     tip = next(t for t in tips if t.startswith("scratch · 5 labels per class"))
@@ -151,8 +151,42 @@ def test_report_in_a_browser(frame, tmp_path, browser):
     assert page.locator("#results tbody tr").count() == len(BUDGETS)
     tooltip = page.locator("#tooltip")
     assert tooltip.is_hidden()
-    page.hover('.point[data-arm="scratch"][data-budget="all (126)"]')
+    page.hover('.point[data-arm="scratch"][data-budget="all (1,257)"]')
     for line in _seed_lines(frame, "scratch", "all"):
         expect(tooltip).to_contain_text(line)
     assert tooltip.is_visible()
     assert requested == [path.as_uri()]
+
+
+THIN = {"glioma": 82, "meningioma": 9, "notumor": 0, "pituitary": 52}  # a test split the duplicate guard thinned
+
+
+@pytest.mark.parametrize(
+    ("counts", "level", "label"),
+    [
+        (THIN, 82 / 143, "chance 0.57 (always 'glioma', the test split's largest class)"),
+        ({"a": 30, "b": 30, "c": 30, "d": 30}, 0.25, "chance 0.25 (1 of 4 classes)"),
+    ],
+)
+def test_curve_draws_the_chance_level(frame, counts, level, label):
+    figure = curve_figure(frame, ARMS, "study", test_counts=counts, **SETUP)
+    try:
+        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+        assert label in lines and list(lines[label].get_ydata()) == pytest.approx([level, level])
+        assert label in [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    finally:
+        plt.close(figure)
+    svg = curve_png(frame, ARMS, "study", test_counts=counts, fmt="svg").decode()
+    assert label.replace("'", "&#x27;") in svg or label in svg
+
+
+def test_results_table_and_html_show_the_test_split_counts(frame):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(console_table(summary_table(frame, ARMS), "study", THIN))
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "study: test accuracy (mean ± std over seeds)" in text and "all (1,257)" in text
+    assert "test split: 143 images (glioma 82, meningioma 9, notumor 0, pituitary 52)" in text
+    page = report_html(frame, ARMS, "study", "dataset digits", test_counts=THIN).decode()
+    assert "test split: 143 images (glioma 82, meningioma 9, notumor 0, pituitary 52)" in page
