@@ -11,11 +11,11 @@ import click
 
 from cluster.config import load_config
 from cluster.console import make_console
-from cluster.prepare import prepare_study
 from cluster.ray_runtime import use_token_if_available
 from cluster.supervise import run_supervised, supervised
 from cluster.tracking_server import (
     TrackingError,
+    check_lookup,
     check_tracking_server,
     redacted,
     runs_url,
@@ -29,6 +29,9 @@ class UserError(click.ClickException):
     """Bad input: one line on stderr, exit code 2, nothing computed."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redacted(message))  # errors quote paths and URIs: never their credentials
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
@@ -62,6 +65,8 @@ def run(args: tuple[str, ...], address: str | None) -> None:
         overrides.append(f"ray.address={address}")
     try:
         cfg = load_config(path, overrides)
+        if (cfg.finetune.init or "").startswith("models:/"):  # said before a driver process is started
+            check_lookup(tracking_uri(), model=cfg.finetune.init)
         if not supervised():  # a driver that dies without a word still gets its resume line
             sys.exit(run_supervised(["run", *args, *(["--address", address] if address else [])]))
         if cfg.ray.address:
@@ -73,6 +78,8 @@ def run(args: tuple[str, ...], address: str | None) -> None:
 
             held = existing_study_lease(tracking_uri(), cfg.study, console.print)
         with held:
+            from cluster.prepare import prepare_study  # pandas, pyarrow: not for --help and config errors
+
             prepared = prepare_study(cfg, console)
             from cluster.study import run_study  # torch, Ray, MLflow: only once the input is known to be good
 
@@ -257,8 +264,21 @@ def _answer(function, *args) -> None:
         raise UserError(str(error)) from None
 
 
+def _study_in_store(_ctx: click.Context, _param: click.Parameter, study: str | None) -> str | None:
+    """Look the study up before the command loads MLflow: a store that is not there (opening it
+    would create it) or a server without the study is one line, within a second."""
+    try:
+        check_lookup(tracking_uri(), study=study)
+    except LabelcurveError as error:
+        raise UserError(str(error)) from None
+    return study
+
+
 STUDY = click.option(
-    "--study", default=None, help="Study name (the MLflow experiment); default: the store's only study."
+    "--study",
+    default=None,
+    callback=_study_in_store,
+    help="Study name (the MLflow experiment); default: the store's only study.",
 )
 TARGET = click.option(
     "--target",
@@ -315,10 +335,14 @@ def plan(target: float, study: str, quantile: float, cost_per_label: float | Non
     _answer(answer, study, target, quantile, cost_per_label)
 
 
-def _registry():
+def _registry(model: str | None = None):
+    """The registry of the tracking store, once ``model`` (if given) is known to be in a store
+    that exists: a look-up opens no missing store, which MLflow would create."""
     uri = tracking_uri()
     try:
         check_tracking_server(uri)
+        if model:
+            check_lookup(uri, model=model)
     except TrackingError as error:
         raise UserError(str(error)) from None
     from cluster.registry import use_store  # MLflow: only once its server answers
@@ -343,10 +367,12 @@ def list_models() -> None:
     """List registered backbones with their tags (newest version of each)."""
     from rich.table import Table
 
-    client = _registry()
-    from cluster.registry import models as registered
+    rows = []
+    if store_exists(tracking_uri()):  # a missing store is not created only to be found empty
+        client = _registry()
+        from cluster.registry import models as registered
 
-    rows = registered(client)
+        rows = registered(client)
     if not rows:
         click.echo("no registered backbones yet: every `labelcurve run` that pretrains registers one")
         return
@@ -381,10 +407,11 @@ def pull(model: str, output: str, force: bool) -> None:
     The folder gets model.safetensors (the weights) and card.json (architecture, input size,
     channels, normalization, provenance); load it with pretrain.load_backbone(FOLDER).
     """
-    from cluster.registry import pull as pull_model
-
     try:
-        folder, card = pull_model(_registry(), model, output, force)
+        client = _registry(model)  # before MLflow is imported: a missing store or model is said at once
+        from cluster.registry import pull as pull_model
+
+        folder, card = pull_model(client, model, output, force)
     except LabelcurveError as error:
         raise UserError(str(error)) from None
     click.echo(f"pulled {model} ({card.method} {card.backbone}, {card.in_channels}x{card.image_size}px) to {folder}")
@@ -395,9 +422,9 @@ def pull(model: str, output: str, force: bool) -> None:
 @click.argument("alias")
 def alias(model: str, alias: str) -> None:
     """Point ALIAS (e.g. champion) at MODEL, given as NAME/VERSION or NAME@OTHER_ALIAS."""
+    client = _registry(model)
     from cluster.registry import resolve
 
-    client = _registry()
     try:
         concrete = resolve(client, model if model.startswith("models:/") else f"models:/{model}")
     except LabelcurveError as error:
@@ -418,7 +445,7 @@ def ui(host: str, port: int, expose: bool) -> None:
     study's runs table."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        click.echo(f"The tracking server already serves the UI: open {uri}")
+        click.echo(f"The tracking server already serves the UI: open {redacted(uri)}")
         return
     auth = _exposure(host, port, expose, f"the runs and models of {uri}")
     from mlflow import MlflowClient

@@ -86,8 +86,35 @@ def check_paths(cfg: StudyConfig) -> None:
         )
     for key in ("path", "unlabeled_path"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute():
+        if value and "://" not in value and not Path(value).is_absolute():
             raise ConfigError(f"data.{key} '{value}' is relative: give the absolute path on the cluster's nodes")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def job_files(cfg: StudyConfig) -> dict[str, str]:
+    """The files a job ships (its working directory): the study config and who submitted it.
+
+    Ray keeps a job's working directory on the cluster where anyone with access can read it, so a
+    config whose URIs carry credentials (``data.path=s3://KEY:SECRET@bucket``) is refused, as a
+    password in the tracking URI is.
+    """
+    check_paths(cfg)
+    dump = cfg.model_dump(mode="json", exclude_none=True)
+    for key, value in _flat(dump).items():
+        if redacted(str(value)) != str(value):
+            raise ConfigError(
+                f"{key} '{redacted(str(value))}' carries credentials, which the job's files would show to everyone on "
+                "the cluster: drop them from the URI and give them to the cluster's nodes through their own "
+                "environment or credential files (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials)"
+            )
+    provenance = {"submitted": time.time(), "by": getpass.getuser(), "host": socket.gethostname()}
+    return {"study.yaml": yaml.safe_dump(dump), "submitted.json": json.dumps(provenance)}  # also makes each unique
 
 
 def job_env(tracking_uri: str) -> dict[str, str]:
@@ -110,13 +137,12 @@ def job_env(tracking_uri: str) -> dict[str, str]:
 
 def submit(address: str, cfg: StudyConfig, tracking_uri: str) -> str:
     """Ship the validated study config and start it as a job; returns the job id."""
-    check_paths(cfg)
+    files = job_files(cfg)
     jobs = client(address)
     folder = Path(tempfile.mkdtemp(prefix="labelcurve-job-"))
     try:
-        (folder / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
-        provenance = {"submitted": time.time(), "by": getpass.getuser(), "host": socket.gethostname()}
-        (folder / "submitted.json").write_text(json.dumps(provenance))  # also makes each package unique
+        for name, content in files.items():
+            (folder / name).write_text(content)
         return _submit_when_ready(
             jobs,
             entrypoint="labelcurve run study.yaml",

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cluster.tracking import TrackingUnreachable
+from cluster.tracking_server import redacted
 from finetune.sweep import RunResult, RunSpec
 
 FOLDER_ENV = "LABELCURVE_JOURNAL_DIR"
@@ -84,7 +85,7 @@ class Journal:
 
     def kept(self, error: TrackingUnreachable) -> TrackingUnreachable:
         """The line a driver ends with when the server is gone: what is kept, where, how to record it."""
-        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        command = redacted(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))  # printed: no credentials
         return TrackingUnreachable(
             f"{error}: {len(self)} finished runs kept in {self.path}; "
             f"when it is back, run `{command}` to record them without recomputing"

@@ -15,7 +15,7 @@ from rich.console import Console
 from cluster.config import StudyConfig
 from cluster.console import progress_bars
 from cluster.ray_runtime import check_ray_address
-from cluster.tracking_server import check_tracking_server, tracking_uri
+from cluster.tracking_server import check_lookup, check_tracking_server, redacted, tracking_uri
 from finetune.budgets import check_budgets
 from pretrain.backbone_specs import BackboneError, backbone_options
 from pretrain.data import DataPlan, plan_data
@@ -40,6 +40,8 @@ def prepare(cfg: StudyConfig, progress=None) -> Prepared:
     uri = tracking_uri()
     check_tracking_server(uri)
     check_ray_address(cfg.ray.address)
+    if (cfg.finetune.init or "").startswith("models:/"):  # a missing model is said before data is read
+        check_lookup(uri, model=cfg.finetune.init)
     plan = plan_data(cfg.data, progress)
     backbone_options(cfg.pretrain.backbone, plan.image_size, cfg.pretrain.cifar_stem, cfg.pretrain.patch_size)
     check_budgets(cfg.finetune.budgets, plan.class_counts())
@@ -78,5 +80,5 @@ def prepare_study(cfg: StudyConfig, console: Console) -> Prepared:
     was understood of the data (layout, classes with counts, split sizes), before any compute."""
     with data_progress(console) as progress:
         prepared = prepare(cfg, progress)
-    console.print(prepared.plan.summary(), markup=False, highlight=False)
+    console.print(redacted(prepared.plan.summary()), markup=False, highlight=False)
     return prepared

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from contextlib import suppress
 
+from cluster.tracking_server import redacted
+
 CHILD_ENV = "LABELCURVE_SUPERVISED"
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a job's entrypoint
 SPOKEN = {0, 2, 130}  # success, a one-line input error, an interrupt: the child said what happened
@@ -82,7 +84,7 @@ def run_supervised(argv: list[str]) -> int:
     if code in SPOKEN:
         return code
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    resume = shlex.join(["labelcurve", *argv])
+    resume = redacted(shlex.join(["labelcurve", *argv]))  # printed: no credentials of a data URI
     with suppress(OSError):  # a terminal that hung up takes the line with it
         print(
             f"labelcurve: the study driver (pid {child.pid}) {how}: finished runs are recorded; resume with `{resume}`",

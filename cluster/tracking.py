@@ -24,7 +24,14 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from cluster.provenance import source_tags
-from cluster.tracking_server import TrackingError, check_tracking_server, redacted, runs_url, tracking_uri
+from cluster.tracking_server import (
+    TrackingError,
+    check_lookup,
+    check_tracking_server,
+    redacted,
+    runs_url,
+    tracking_uri,
+)
 from pretrain.run_log import bound_http_retries, unreachable
 
 ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "labelcurve.run_key"
@@ -108,6 +115,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _params(values: dict) -> list[Param]:
+    """Run params as MLflow takes them: strings within its length limit, the credentials of any
+    URI in them (``data.path=s3://KEY:SECRET@bucket``) masked, since everyone who reads the store sees them."""
+    return [Param(key, redacted(str(value))[:6000]) for key, value in values.items()]
+
+
 class StudyTracker:
     """The MLflow records of one study, found or created by name and config fingerprint."""
 
@@ -130,6 +143,7 @@ class StudyTracker:
     @staticmethod
     def only_study(uri: str) -> str:
         """The name of the store's one study, so that commands need no ``--study`` when there is one."""
+        check_lookup(uri)  # before MLflow would create a missing store
         known = sorted(e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default")
         if len(known) == 1:
             return known[0]
@@ -140,11 +154,12 @@ class StudyTracker:
     @classmethod
     def existing(cls, uri: str, study: str) -> StudyTracker:
         """The tracker of a study that has been run; a one-line error naming the known ones if not."""
+        check_lookup(uri, study=study)
         client = MlflowClient(uri)
         if client.get_experiment_by_name(study) is None:
             known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
             listing = ", ".join(known) if known else "none yet: run `labelcurve run` first"
-            raise TrackingError(f"no study named '{study}' in {uri}: known studies are {listing}")
+            raise TrackingError(f"no study named '{study}' in {redacted(uri)}: known studies are {listing}")
         return cls(uri, study)
 
     def latest_parent(self) -> str:
@@ -173,7 +188,7 @@ class StudyTracker:
             return run_id, True
         tags = {ROLE: STUDY, FINGERPRINT: fingerprint, DATA: data_digest, **source_tags()}
         run = self.client.create_run(self.experiment_id, run_name=self.study, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in _flatten(config).items()])
+        self.client.log_batch(run.info.run_id, params=_params(_flatten(config)))
         # Another driver may have created the same study run since the search: every driver keeps
         # the first one, so that the lease on it lets only one of them run the study.
         same = self._search(*self._same(fingerprint, data_digest))
@@ -242,7 +257,7 @@ class StudyTracker:
                 **(tags or {}),
             },
         )
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -272,6 +287,7 @@ class StudyTracker:
         return Path(self.client.download_artifacts(run_id, name, folder))
 
     def ui_url(self, host: str = "127.0.0.1", port: int = 5000) -> str:
-        """The study's runs table: on its tracking server, or where ``labelcurve ui`` serves it."""
-        base = self.uri if self.uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
+        """The study's runs table: on its tracking server (without the URI's credentials: the link
+        is printed), or where ``labelcurve ui`` serves it."""
+        base = redacted(self.uri) if self.uri.startswith(("http://", "https://")) else f"http://{host}:{port}"
         return runs_url(base, self.experiment_id)

@@ -49,8 +49,9 @@ def test_commands_default_to_the_only_study_and_name_them_when_there_are_several
     from cluster.tracking import TrackingError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(TrackingError, match=r"no study in .* yet: run `labelcurve run` first"):
+    with pytest.raises(TrackingError, match=r"no tracking store at .*mlflow.db to look up a study in: run `labelcurve"):
         StudyTracker.only_study(uri)
+    assert not (tmp_path / "mlflow.db").exists()  # a look-up creates no store
     StudyTracker(uri, "digits")
     assert StudyTracker.only_study(uri) == "digits"
     StudyTracker(uri, "cifar")
