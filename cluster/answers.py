@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.study import study_results
-from cluster.tracking import POOL_SIZE, StudyTracker, tracking_uri
+from cluster.tracking import POOL_SIZE, TEST_COUNTS, StudyTracker, tracking_uri
 from finetune.arms import SCRATCH
 from finetune.curves import CurveError, Estimate, LearningCurve
 from finetune.forecast import StudyCurves, backtest, fit_curves, multipliers, plan_next_round
@@ -44,6 +44,23 @@ def _load(study: str | None):
     parent = tracker.latest_parent()
     frame, n_classes = study_results(tracker, parent)
     return tracker, parent, frame, n_classes
+
+
+def _test_counts(tracker: StudyTracker, parent: str) -> dict[str, int] | None:
+    """Test images per class, as the study run recorded them (``None`` for runs of earlier releases)."""
+    recorded = tracker.client.get_run(parent).data.tags.get(TEST_COUNTS)
+    return json.loads(recorded) if recorded else None
+
+
+def _majority(tracker: StudyTracker, parent: str) -> float | None:
+    """The test split's majority-class rate: a curve at it learned nothing, even above 1/classes."""
+    counts = _test_counts(tracker, parent)
+    return max(counts.values()) / sum(counts.values()) if counts and sum(counts.values()) else None
+
+
+def _fit(tracker: StudyTracker, parent: str, frame: pd.DataFrame, n_classes: int) -> StudyCurves:
+    """The study's curves, checked against the test split's majority-class rate where it is known."""
+    return fit_curves(frame, n_classes, majority=_majority(tracker, parent))
 
 
 def _pool(tracker: StudyTracker, parent: str, frame: pd.DataFrame) -> tuple[int | None, str]:
@@ -132,7 +149,8 @@ def _report_page(tracker: StudyTracker, parent: str, frame: pd.DataFrame, levers
     setup = {"dataset": params.get("data.name", ""), "method": params.get("pretrain.method", "")}
     setup["backbone"] = params.get("pretrain.backbone", "")
     arms = list(dict.fromkeys(frame.arm))
-    return report_html(frame, arms, title, study_subtitle(**setup), levers=levers)
+    counts = _test_counts(tracker, parent)
+    return report_html(frame, arms, title, study_subtitle(**setup), levers=levers, test_counts=counts)
 
 
 def predict(study: str | None, target: float, console: Console) -> dict:
@@ -141,7 +159,7 @@ def predict(study: str | None, target: float, console: Console) -> dict:
     tracker, parent, frame, n_classes = _load(study)
     study = tracker.study
     pool, _ = _pool(tracker, parent, frame)
-    fitted = fit_curves(frame, n_classes)
+    fitted = _fit(tracker, parent, frame, n_classes)
     curves = fitted.curves
     largest = int(frame.labels_per_class.max())
     next_per_class = [2 * largest, 5 * largest]
@@ -226,7 +244,7 @@ def run_backtest(study: str | None, cut: float, cut_labels: int | None, console:
     else:
         why = "--cut-labels"
     console.print(f"backtest: fitting on budgets of at most {cut_labels} labels ({why})")
-    scores = backtest(frame, n_classes, cut_labels)
+    scores = backtest(frame, n_classes, cut_labels, majority=_majority(tracker, parent))
     if scores.empty:
         raise CurveError(
             "no arm has a curve on the budgets up to the cut (nothing learned or no trend there): "
@@ -281,7 +299,7 @@ def plan(study: str | None, target: float, quantile: float, cost_per_label: floa
     tracker, parent, frame, n_classes = _load(study)
     study = tracker.study
     pool, _ = _pool(tracker, parent, frame)
-    fitted = fit_curves(frame, n_classes)
+    fitted = _fit(tracker, parent, frame, n_classes)
     current = int(frame.n_labels.max())
     view = Table(title=f"{study}: next round toward accuracy {target:g} (now {current} labels)")
     for column in ["arm", "label up to", "per class", "P(reach target)", "point estimate"]:

@@ -35,6 +35,7 @@ from cluster.tracking import (
     POOL_SIZE,
     PRETRAIN,
     PRETRAINING,
+    TEST_COUNTS,
     StudyTracker,
     TrackingUnreachable,
 )
@@ -380,6 +381,7 @@ def _run_study(cfg: StudyConfig, console: Console, prepared: Prepared, lease: St
             tracker.log_artifacts(parent, {VERIFIED: verification_record(data)})
         tracker.client.set_tag(parent, N_CLASSES, len(data.classes))
         tracker.client.set_tag(parent, POOL_SIZE, len(data.items(POOL)))
+        tracker.client.set_tag(parent, TEST_COUNTS, json.dumps(data.test_counts()))
         console.print(f"MLflow: experiment '{cfg.study}', study run {parent}" + (" (resumed)" if resumed else ""))
         if resumed and (change := changed_since(tracker.client.get_run(parent).data.tags)):
             console.print(f"[yellow]{change}[/yellow]")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import math
+import os
 import sys
 import tempfile
 import time
@@ -38,11 +40,13 @@ ROLE, FINGERPRINT, RUN_KEY = "labelcurve.role", "labelcurve.fingerprint", "label
 N_CLASSES, DATA, BUDGET = "labelcurve.n_classes", "labelcurve.data_digest", "labelcurve.budget"
 PRETRAINING = "labelcurve.pretraining"  # on pretraining runs and model versions: StudyConfig.pretraining_fingerprint
 POOL_SIZE = "labelcurve.pool_size"  # labeled pool images: the backtest's default cut is a share of it
+TEST_COUNTS = "labelcurve.test_counts"  # JSON {class: test images}: forecasts read the majority-class rate
 STUDY, PRETRAIN, FINETUNE = "study", "pretrain", "finetune"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 __all__ = ["StudyTracker", "TrackingError", "check_tracking_server", "redacted", "tracking_uri"]
 
 OUTAGE_S = 60.0  # how long a call waits for an unreachable tracking server before the driver gives up
+OUTAGE_ENV = "LABELCURVE_OUTAGE_S"  # another wait, in seconds: for tests of an outage
 RETRY_EVERY_S = 5.0
 
 
@@ -121,12 +125,30 @@ def _params(values: dict) -> list[Param]:
     return [Param(key, redacted(str(value))[:6000]) for key, value in values.items()]
 
 
+def outage_s() -> float:
+    """The outage wait: :data:`OUTAGE_S`, or ``LABELCURVE_OUTAGE_S`` seconds where it is set, so
+    that a test of a server outage does not wait a minute."""
+    value = os.environ.get(OUTAGE_ENV, "")
+    if not value:
+        return OUTAGE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise TrackingError(f"{OUTAGE_ENV}={value} is not a number of seconds above 0: set it to e.g. 60, or unset it")
+    return seconds
+
+
 class StudyTracker:
     """The MLflow records of one study, found or created by name and config fingerprint."""
 
-    def __init__(self, uri: str, study: str, say: Callable[[str], None] = _warn, patience_s: float = OUTAGE_S) -> None:
+    def __init__(
+        self, uri: str, study: str, say: Callable[[str], None] = _warn, patience_s: float | None = None
+    ) -> None:
         bound_http_retries()
         self.uri = uri
+        patience_s = outage_s() if patience_s is None else patience_s
         with _creating(uri):  # MlflowClient opens (and may create) the store right away
             client = MlflowClient(uri)
             self.client = (

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from cluster.tracking import BUDGET, FINETUNE, N_CLASSES, POOL_SIZE, ROLE, RUN_KEY, STUDY
+from cluster.tracking import BUDGET, FINETUNE, N_CLASSES, POOL_SIZE, ROLE, RUN_KEY, STUDY, TEST_COUNTS
 
 CLASSES = 10
 # ssl-linear stopped after 10 per class (an interrupted sweep); scratch went on to 50; "broken" labels learned nothing
@@ -27,7 +27,8 @@ def recorded_study(tmp_path) -> str:
     """A study run with finished labeled runs (3 seeds per budget), as `labelcurve run` records them."""
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("interrupted")
-    tags = {ROLE: STUDY, N_CLASSES: str(CLASSES), POOL_SIZE: "600"}
+    counts = json.dumps({str(c): 30 for c in range(CLASSES)})
+    tags = {ROLE: STUDY, N_CLASSES: str(CLASSES), POOL_SIZE: "600", TEST_COUNTS: counts}
     parent = client.create_run(experiment, run_name="interrupted", tags=tags).info.run_id
     rng = np.random.default_rng(0)
     for arm, budgets in MEANS.items():
@@ -59,7 +60,9 @@ def test_predict_and_plan_answer_an_interrupted_study(recorded_study, labelcurve
     assert "transfer-linear: no forecast: nothing learned" in said, answer.stdout
     assert "levers: labels for accuracy 0.9" in said
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    prediction = json.loads(Path(client.download_artifacts(recorded_study, "prediction.json", str(tmp_path))).read_text())
+    prediction = json.loads(
+        Path(client.download_artifacts(recorded_study, "prediction.json", str(tmp_path))).read_text()
+    )
     # ssl-linear measured 0.86 at 5/class and 0.91 at 10/class: 0.9 needs 51-100 labels, reached at 100
     needed = prediction["arms"]["ssl-linear"]["labels_needed"]
     assert needed["reached_at"] == 100 and 50 <= needed["low"] <= needed["point"] <= needed["high"] <= 100
@@ -70,6 +73,7 @@ def test_predict_and_plan_answer_an_interrupted_study(recorded_study, labelcurve
     assert prediction["missing"] == {"ssl-linear": [200, 500]}
     page = Path(client.download_artifacts(recorded_study, "report.html", str(tmp_path))).read_text()
     assert '<table id="levers">' in page and "pretraining on the pool, linear probe" in page
+    assert "test split: 300 images" in page
 
     planned = labelcurve("plan", "--target", "0.9", "--study", "interrupted")
     assert planned.returncode == 0, planned.stderr[-3000:]

@@ -191,8 +191,9 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
         Path(client.download_artifacts(parent.info.run_id, "prediction.json", str(tmp_path))).read_text()
     )
     assert [lever["arm"] for lever in prediction["levers"]][:1] == ["ssl-linear"]
+    printed = " ".join(answer.stdout.split())
     for arm, said in prediction["arms"].items():  # every arm has a forecast or one line why not
-        assert "labels_needed" in said or f"{arm}: no forecast: {said['no_forecast']}" in " ".join(answer.stdout.split())
+        assert "labels_needed" in said or f"{arm}: no forecast: {said['no_forecast']}" in printed
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"prediction.png", "prediction.json", "report.html"} <= artifacts
     page = Path(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))).read_text()
