@@ -248,33 +248,60 @@ def curve_png(
     return _render(curve_figure(frame, arms, title, **setup), fmt)
 
 
-def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:
-    """Measured runs, fitted curves with their intervals, the target and the labels it needs."""
-    figure, axis = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+def forecast_figure(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> Figure:
+    """Measured runs, fitted curves with their intervals, the target, the labels it needs and the
+    measured budget that first reached it, in two views: accuracy, and error (1 - accuracy) on a
+    log axis, where a power law is a straight line and 0.99 against 0.997 is a visible gap."""
+    figure, (axis, errors) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
     classes = next(iter(curves.values())).n_classes
+    chance = 1 / classes
     top = frame.n_labels.max() * (10 if target else 3)
     grid = np.geomspace(max(frame.n_labels.min() / 2, 1), top, 200)
     for arm, curve in curves.items():
         part = frame[frame.arm == arm]
-        line = axis.plot(grid / classes, curve.predict(grid), label=arm)[0]
-        low, high = curve.predict_interval(grid)
-        axis.fill_between(grid / classes, low, high, color=line.get_color(), alpha=0.18)
-        axis.scatter(part.n_labels / classes, part.accuracy, color=line.get_color(), s=12, alpha=0.7)
-        if target is not None:
-            needed = curve.labels_needed(target).point
-            if np.isfinite(needed) and needed <= top:
-                axis.axvline(needed / classes, color=line.get_color(), linestyle="--", linewidth=1)
-                axis.annotate(
-                    f"{needed / classes:.0f}/class",
-                    (needed / classes, target),
-                    rotation=90,
-                    xytext=(3, -40),
-                    textcoords="offset points",
-                    color=line.get_color(),
-                    fontsize=8,
-                )
+        predicted, (low, high) = curve.predict(grid), curve.predict_interval(grid)
+        line = axis.plot(grid / classes, predicted, label=arm)[0]
+        color = line.get_color()
+        errors.plot(grid / classes, 1 - predicted, color=color, label=arm)
+        for view, (lo, hi), points in (
+            (axis, (low, high), part.accuracy),
+            (errors, (1 - high, 1 - low), 1 - part.accuracy),
+        ):
+            view.fill_between(grid / classes, lo, hi, color=color, alpha=0.18)
+            view.scatter(part.n_labels / classes, np.maximum(points, 1e-4), color=color, s=12, alpha=0.7)
+        if target is None:
+            continue
+        needed = curve.labels_needed(target)
+        if needed.reached_at is not None:
+            for view, y in ((axis, target), (errors, 1 - target)):
+                view.scatter([needed.reached_at / classes], [y], marker="*", s=120, color=color, zorder=5)
+        if np.isfinite(needed.point) and needed.point <= top:
+            axis.axvline(needed.point / classes, color=color, linestyle="--", linewidth=1)
+            axis.annotate(
+                f"{needed.point / classes:.0f}/class",
+                (needed.point / classes, target),
+                rotation=90,
+                xytext=(3, -40),
+                textcoords="offset points",
+                color=color,
+                fontsize=8,
+            )
+    for view, y in ((axis, chance), (errors, 1 - chance)):
+        view.axhline(y, color="grey", linestyle="-.", linewidth=1, label=f"chance ({chance:.2f})")
     if target is not None:
         axis.axhline(target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
+        errors.axhline(1 - target, color="black", linestyle=":", linewidth=1, label=f"target {target:g}")
     _accuracy_axes(axis, title)
-    axis.legend(loc="lower right")
-    return _render(figure)
+    axis.legend(loc="lower right", fontsize=8)
+    errors.set_xscale("log")
+    errors.set_yscale("log")
+    errors.set_xlabel("labels per class (log scale)")
+    errors.set_ylabel("test error, 1 - accuracy (log scale)")
+    errors.set_title("error view (a star: the measured budget that first reached the target)", fontsize=9)
+    errors.grid(True, which="both", alpha=0.3)
+    return figure
+
+
+def forecast_png(frame: pd.DataFrame, curves: dict, target: float | None, title: str) -> bytes:
+    """:func:`forecast_figure` as PNG bytes."""
+    return _render(forecast_figure(frame, curves, target, title))

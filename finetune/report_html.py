@@ -246,18 +246,45 @@ def table_html(table: pd.DataFrame) -> str:
     )
 
 
+def levers_html(levers: pd.DataFrame) -> str:
+    """The lever table of ``labelcurve predict`` (:func:`finetune.levers.lever_table`) as an HTML table."""
+
+    def count(value: float) -> str:
+        return "∞" if not math.isfinite(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+    rows = []
+    for row in levers.itertuples():
+        if row.note:
+            cells = [row.lever, row.arm, f"no forecast: {row.note}", ""]
+        else:
+            labels = f"{count(row.labels)} [{count(row.labels_low)}, {count(row.labels_high)}]"
+            if not pd.isna(row.reached_at):
+                labels += f" (reached at {count(row.reached_at)})"
+            ratio = "" if pd.isna(row.multiplier) else f"{count(row.multiplier)}x"
+            if ratio and math.isfinite(row.multiplier):
+                ratio += f" [{count(row.multiplier_low)}, {count(row.multiplier_high)}]"
+            cells = [row.lever, row.arm, labels, ratio]
+        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
+    head = "".join(f'<th scope="col">{c}</th>' for c in ["lever", "arm", "labels needed", "x fewer than scratch"])
+    return (
+        '<table id="levers"><caption>levers: labels needed for the target (80% intervals), and how many labels '
+        f"scratch needs per label of each</caption><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def report_html(
     frame: pd.DataFrame,
     arms: list[str],
     title: str,
     subtitle: str,
     forecast: Forecast | None = None,
+    levers: pd.DataFrame | None = None,
     test_counts: Mapping[str, int] | None = None,
 ) -> bytes:
     """The whole page as UTF-8 bytes: title, chart, caption and table, all text escaped, nothing external.
 
     ``forecast`` maps an arm to predicted (labels per class, accuracy) points, drawn as a thin line;
-    arms without runs in ``frame`` are left out.
+    arms without runs in ``frame`` are left out; ``levers``, from ``labelcurve predict``, adds its table.
     ``test_counts`` (images per class of the test split) says what every accuracy was measured on.
     """
     caption = (
@@ -273,6 +300,7 @@ def report_html(
         f'<p class="caption">{_e(caption)}</p>',
         f'<p class="caption" id="test-split">{_e(test_split_caption(test_counts))}</p>' if test_counts else "",
         table_html(summary_table(frame, arms)),
+        levers_html(levers) if levers is not None else "",
         f'<div id="tooltip" role="tooltip" hidden></div><script>{SCRIPT}</script></body></html>\n',
     ]
     return "".join(page).encode()
