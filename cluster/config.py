@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,8 +30,15 @@ class ConfigError(LabelcurveError, ValueError):
     """A config problem, phrased as one line for the user."""
 
 
+#: a seed: numpy, scikit-learn and Lightning take 0..2**32-1, and pretrain.repeats adds up to 15
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, and no float may be infinite or NaN (``.inf`` is valid YAML): each
+    setting's own range is checked by its field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -51,7 +58,7 @@ class DataConfig(_Section):
         None, description="where a val/valid/validation split goes: pool (the default) or test"
     )
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: Seed = 0
     max_per_class: int | None = Field(None, ge=1, description="cap on the labeled pool per class")
     max_test_per_class: int | None = Field(None, ge=1, description="cap on the test split per class")
     max_unlabeled: int | None = Field(None, ge=1)
@@ -99,24 +106,24 @@ class PretrainConfig(_Section):
     backbone: str = Field("small_cnn", description="one of pretrain.backbone_specs.BACKBONE_FAMILIES")
     cifar_stem: bool | None = Field(None, description="ResNets: 3x3 stem without max-pool; default: images <= 64 px")
     patch_size: int | None = Field(None, ge=1, description="ViTs; default: the largest of 16/8/4/2 giving 8x8 patches")
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(60, ge=1, le=100_000)
     repeats: int = Field(
         1, ge=1, le=16, description="pretrainings with seeds seed..seed+N-1; labeled seed s starts from s mod N"
     )
-    batch_size: int = Field(128, ge=2, description="per worker")
+    batch_size: int = Field(128, ge=2, le=1 << 16, description="per worker")
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
-    lr: float = Field(4e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(2, ge=0)
+    lr: float = Field(4e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    warmup_epochs: int = Field(2, ge=0, le=100_000)
     min_scale: float = Field(0.4, gt=0, le=1)
     rotation_degrees: float = Field(15.0, ge=0, le=180)
     horizontal_flip: float = Field(0.0, ge=0, le=1)
     color_jitter: float = Field(0.5, ge=0, le=1)
-    color_jitter_strength: float | None = Field(None, gt=0, description="default: the method's transform default")
-    num_workers: int = Field(2, ge=1)
+    color_jitter_strength: float | None = Field(None, gt=0, le=4, description="default: the method's transform default")
+    num_workers: int = Field(2, ge=1, le=10_000)
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] | None = None
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    max_failures: int = Field(2, ge=0, le=1000, description="worker-group restarts from the last checkpoint")
     sync_batchnorm: bool = Field(True, description="across GPU workers (torch has no CPU SyncBatchNorm)")
     gather_distributed: bool = Field(True, description="contrast against the negatives of every worker")
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = Field(
@@ -197,14 +204,14 @@ class FinetuneConfig(_Section):
 
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     budgets: list[Budget] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50, "all"])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    steps: int = Field(150, ge=1, description="the fewest optimizer steps of a fine-tuning run")
-    epochs: float = Field(10, ge=0, description="passes over the labeled subset, when that takes more steps")
-    max_steps: int = Field(1000, ge=1, description="the most optimizer steps of a fine-tuning run")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    linear_c: float = Field(1.0, gt=0, description="inverse L2 strength of the linear probe")
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
+    steps: int = Field(150, ge=1, le=10_000_000, description="the fewest optimizer steps of a fine-tuning run")
+    epochs: float = Field(10, ge=0, le=10_000, description="passes over the labeled subset, when that takes more steps")
+    max_steps: int = Field(1000, ge=1, le=10_000_000, description="the most optimizer steps of a fine-tuning run")
+    batch_size: int = Field(64, ge=1, le=1 << 16)
+    lr: float = Field(3e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    linear_c: float = Field(1.0, gt=0, le=1e6, description="inverse L2 strength of the linear probe")
     init: str | None = Field(
         None, description="backbone of the transfer arms: models:/NAME@ALIAS, runs:/ID or a folder"
     )
@@ -263,7 +270,7 @@ class StudyConfig(_Section):
     """One study: a name (the MLflow experiment) and its sections."""
 
     study: str = Field("quickstart", description="the MLflow experiment; also names folders under storage_path")
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

@@ -17,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 Dim = Annotated[int, Field(ge=1, le=1 << 16)]
 Temperature = Annotated[float, Field(gt=0, le=100)]
 Momentum = Annotated[float, Field(ge=0, le=1)]
-Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, le=1000)]
 LocalViews = Annotated[int, Field(ge=0, le=32)]
 
 
 class MethodOptions(BaseModel):
-    """Base of every method's options; unknown names are errors."""
+    """Base of every method's options; unknown names are errors, and so are infinite or NaN floats
+    (``.inf`` is valid YAML)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     #: backbone families the method works with (None: any); MAE needs a ViT
     families: ClassVar[tuple[str, ...] | None] = None
 
@@ -79,7 +80,7 @@ class DINOOptions(MethodOptions):
     bottleneck_dim: Dim = 256
     output_dim: Dim = 2048
     n_local_views: LocalViews = 6
-    warmup_teacher_temp_epochs: Annotated[int, Field(ge=0)] = 30
+    warmup_teacher_temp_epochs: Annotated[int, Field(ge=0, le=100_000)] = 30
     momentum: Momentum = 0.996
 
 
@@ -88,7 +89,7 @@ class SwAVOptions(MethodOptions):
     n_prototypes: Dim = 512
     n_local_views: LocalViews = 4
     temperature: Temperature = 0.1
-    freeze_prototypes_steps: Annotated[int, Field(ge=0)] = 300
+    freeze_prototypes_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 300
 
 
 class MAEOptions(MethodOptions):

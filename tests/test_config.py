@@ -1,4 +1,10 @@
+import time
+import types
+import typing
+from typing import Any
+
 import pytest
+from pydantic import BaseModel
 
 from cluster.config import DEFAULT_CONFIG, ConfigError, StudyConfig, load_config, parse_override
 from pretrain.method_options import METHOD_OPTIONS
@@ -190,3 +196,103 @@ def test_job_env_carries_no_secret(monkeypatch):
 def test_infinite_learning_rate_is_refused():
     with pytest.raises(ConfigError, match=r"config key 'pretrain\.lr'"):
         load_config(None, ["pretrain.lr=.inf"])
+
+
+def _numeric_shape(annotation: Any) -> str | None:
+    """'scalar', 'list' or 'dict' when a field (or its items or values) holds numbers, else None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric_shape(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        shapes = {_numeric_shape(arg) for arg in typing.get_args(annotation)} - {None}
+        return shapes.pop() if shapes else None
+    if origin is typing.Literal:
+        return "scalar" if any(isinstance(v, int | float) for v in typing.get_args(annotation)) else None
+    if origin is list and _numeric_shape(typing.get_args(annotation)[0]) == "scalar":
+        return "list"
+    if origin is dict and _numeric_shape(typing.get_args(annotation)[1]) == "scalar":
+        return "dict"
+    if annotation in (int, float):
+        return "scalar"
+    return None
+
+
+def _numeric_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """Every numeric setting of ``model`` and its sections, as (dotted key, shape)."""
+    found = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _numeric_fields(field.annotation, f"{prefix}{name}.")
+        elif shape := _numeric_shape(field.annotation):
+            found.append((prefix + name, shape))
+    return found
+
+
+def _option_fields() -> list[tuple[str, str, str]]:
+    """Every numeric option of every method: (method, option, shape)."""
+    return [
+        (method, name, shape) for method, options in METHOD_OPTIONS.items() for name, shape in _numeric_fields(options)
+    ]
+
+
+#: numeric settings where a negative value is legitimate: none (seeds feed numpy, which takes 0..2**32-1)
+NEGATIVE_ALLOWED: set[str] = set()
+BAD_NUMBERS = {"inf": ".inf", "-inf": "-.inf", "nan": ".nan", "negative": "-1"}
+
+
+def _written(shape: str, value: str) -> str:
+    return {"scalar": value, "list": f"[{value}]", "dict": f"{{CPU: {value}}}"}[shape]
+
+
+def test_the_walk_finds_the_numeric_settings():
+    keys = {key for key, _ in _numeric_fields(StudyConfig)}
+    assert {"seed", "data.test_fraction", "pretrain.lr", "pretrain.resources_per_worker", "finetune.epochs"} <= keys
+    assert {"finetune.lr", "finetune.linear_c", "finetune.seeds", "finetune.budgets"} <= keys
+    assert len(keys) >= 35
+    assert ("vicreg", "lambda_param", "scalar") in _option_fields()
+
+
+@pytest.mark.parametrize(("key", "shape"), _numeric_fields(StudyConfig))
+@pytest.mark.parametrize("bad", list(BAD_NUMBERS))
+def test_every_numeric_setting_refuses_infinite_nan_and_negative(key, shape, bad):
+    if bad == "negative" and key in NEGATIVE_ALLOWED:
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"{key}={_written(shape, BAD_NUMBERS[bad])}"])
+    message = str(error.value)
+    assert f"config key '{key}" in message and "\n" not in message, (bad, message)
+
+
+@pytest.mark.parametrize(("method", "option", "shape"), _option_fields())
+@pytest.mark.parametrize("bad", list(BAD_NUMBERS))
+def test_every_method_option_refuses_infinite_nan_and_negative(method, option, shape, bad):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"pretrain.options.{method}.{option}={_written(shape, BAD_NUMBERS[bad])}"])
+    message = str(error.value)
+    assert f"{method} option '{option}'" in message and "\n" not in message, (bad, message)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "finetune.epochs=1e9",
+        "finetune.lr=1e6",
+        "finetune.linear_c=1e300",
+        "pretrain.weight_decay=1e6",
+        "seed=4294967296",
+    ],
+)
+def test_absurdly_large_settings_are_refused(override):
+    with pytest.raises(ConfigError, match=f"config key '{override.partition('=')[0]}"):
+        load_config(None, [override])
+
+
+def test_cli_refuses_an_infinite_epoch_count_in_one_line_before_ray(labelcurve, tmp_path):
+    started = time.monotonic()
+    result = labelcurve("run", "finetune.epochs=.inf", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: config key 'finetune.epochs': Input should be a finite number"
+    ], result.stderr
+    assert time.monotonic() - started < 20  # the config check, not a study: no Ray, no store
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "labelcurve-runs").exists()
