@@ -28,6 +28,7 @@ import torch
 from ray.data import DataContext
 
 from pretrain.images import READ_THREADS, ImageSource
+from pretrain.seeds import view_seed
 from pretrain.view_source import ROWS_PER_BLOCK, ViewStream
 from pretrain.views import to_pil
 
@@ -48,7 +49,7 @@ def make_views(batch: dict[str, np.ndarray], source: ImageSource, transform, see
                 if array is None:
                     views.append(None)
                     continue
-                draw = hash((seed, int(epoch), int(row))) % 2**32
+                draw = view_seed(seed, epoch, row)
                 torch.default_generator.manual_seed(draw)  # the CPU generator only: manual_seed also seeds CUDA
                 random.seed(draw)
                 np.random.seed(draw)

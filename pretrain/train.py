@@ -42,6 +42,7 @@ from pretrain.manifest import POOL
 from pretrain.method_options import chosen_options
 from pretrain.methods import METHODS, build_method
 from pretrain.run_log import RunLog, bound_http_retries
+from pretrain.seeds import rank_seed
 from pretrain.stream import LocalBatches, ShardBatches, pretraining_dataset, steps_per_epoch, warm_read_workers
 from pretrain.views import ViewSettings, normalize
 
@@ -279,7 +280,7 @@ def _train_worker(config: dict) -> None:
         max_epochs=p.epochs,
         gather_distributed=p.gather_distributed,
     )
-    torch.manual_seed(hash((config["seed"], "rank", rank)) % 2**32)  # masks and noise differ per rank
+    torch.manual_seed(rank_seed(config["seed"], rank))  # masks and noise differ per rank, the same on a re-run
     if p.use_gpu and p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     knn = ray.get(config["knn"]) if config.get("knn") is not None else None
