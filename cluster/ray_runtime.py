@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pretrain.errors import LabelcurveError
@@ -14,6 +16,9 @@ from pretrain.errors import LabelcurveError
 # Ray Data logs every epoch's execution plan at INFO; our own progress line per epoch says enough.
 _QUIET_WORKERS = {"PYTHONWARNINGS": "ignore", "RAY_DATA_LOG_LEVEL": "WARNING"}
 
+
+#: the node IP of an in-process Ray: its processes listen on loopback only
+LOOPBACK = "127.0.0.1"
 
 TOKEN_HELP = (
     "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, printed by `ray get-auth-token` on its head"
@@ -35,10 +40,34 @@ def _own_instance() -> dict:
         port = probe.getsockname()[1]
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # Ray Train passes it on to its controller
     return {
+        "_node_ip_address": LOOPBACK,  # see _loopback_node: every Ray process of the instance listens on it only
         "dashboard_port": port,
         "runtime_env": {"env_vars": {**_QUIET_WORKERS, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
         "_system_config": {"num_workers_soft_limit": 4 * (os.cpu_count() or 1) + 4},
     }
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While an in-process Ray starts, its node IP is loopback, so none of its processes listens on the network.
+
+    In the installed Ray (2.60), ``ray.init(_node_ip_address="127.0.0.1")`` is turned into this
+    machine's network address by ``services.resolve_ip_for_localhost``, unless
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is off (as on macOS and Windows, from
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` read when Ray is imported); with the node IP at 127.0.0.1
+    the GCS, the raylet, the core workers' gRPC servers and the dashboard and runtime-env agents
+    listen on 127.0.0.1 instead of ``0.0.0.0``. The switch is put back once the node runs (the
+    driver then takes its IP from the node), so a later ``ray.init`` of this process that joins a
+    cluster announces its real address; the environment variable is never set, as it would stop a
+    ``ray start --address`` launched from this process."""
+    from ray._private import ray_constants
+
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 class RayConnectError(LabelcurveError, RuntimeError):
@@ -86,13 +115,23 @@ def connect(address: str | None) -> None:
         starts_one = not address and not os.environ.get("RAY_ADDRESS")  # a job's driver joins its cluster
         # "local": a new instance of our own, never another one running on this machine (ray.init()
         # without an address would join the latest `ray start` cluster it finds)
-        target = "local" if starts_one else address
-        joins = {"runtime_env": {"env_vars": _QUIET_WORKERS}}
-        ray.init(address=target, logging_level=logging.ERROR, **(_own_instance() if starts_one else joins))
+        if starts_one:
+            with _loopback_node():
+                ray.init(address="local", logging_level=logging.ERROR, **_own_instance())
+        else:
+            ray.init(address=address, logging_level=logging.ERROR, runtime_env={"env_vars": _QUIET_WORKERS})
     except AuthenticationError:
         raise RayConnectError(f"Ray at {address} refused the token (missing or wrong): {TOKEN_HELP}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if starts_one:
+            raise RayConnectError(
+                f"could not start Ray in this process: {first} (check free disk and shared memory: Ray keeps its "
+                "session and logs under /tmp/ray, RAY_TMPDIR=DIR moves them; or pass --address HOST:PORT to use a "
+                "running cluster)"
+            ) from None
+        target = address or os.environ.get("RAY_ADDRESS")
         raise RayConnectError(
-            f"cannot connect to Ray at {address}: {str(error).splitlines()[0]} "
+            f"cannot connect to Ray at {target}: {first} "
             "(start it with `ray start --head` or drop --address to run in-process)"
         ) from None

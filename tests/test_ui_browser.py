@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,13 +59,28 @@ def test_an_exposed_server_lets_only_the_admin_write(tmp_path):
     import urllib.error
     import urllib.request
 
-    port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Passw0rd"}
-    server = _serve(tmp_path, "server", "--host", "0.0.0.0", "--port", str(port), "--expose", env=env)
+    # a loopback address other than 127.0.0.1 takes the --expose path (basic authentication) while
+    # the server, with its fixed password, stays off the network
+    host = "127.0.0.2"
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            pytest.skip(f"{host} is not a loopback address here (macOS configures 127.0.0.1 only)")
+        port = probe.getsockname()[1]
+    # MLflow answers 403 to a Host header outside localhost and private ranges (DNS rebinding guard)
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-Passw0rd",
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"{host}:{port}",
+    }
+    server = _serve(tmp_path, "server", "--host", host, "--port", str(port), "--expose", env=env)
     try:
-        assert server.stdout.readline().startswith("exposing the runs and models of sqlite:///mlflow-server.db on ")
-        wait_for(f"http://127.0.0.1:{port}/health", seconds=180, process=server)
-        create = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/create"
+        assert server.stdout.readline().startswith(
+            f"exposing the runs and models of sqlite:///mlflow-server.db on http://{host}:{port}"
+        )
+        wait_for(f"http://{host}:{port}/health", seconds=180, process=server)
+        create = f"http://{host}:{port}/api/2.0/mlflow/experiments/create"
         body = json.dumps({"name": "from-elsewhere"}).encode()
 
         def post(headers: dict) -> int:
