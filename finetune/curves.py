@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import least_squares, nnls
@@ -38,6 +39,9 @@ from sklearn.base import BaseEstimator
 
 from finetune.measured import Crossing, crossing, interpolate, measured_points
 from pretrain.errors import LabelcurveError
+
+if TYPE_CHECKING:
+    from finetune.prior import ShapePrior
 
 
 class CurveError(LabelcurveError, ValueError):
@@ -149,8 +153,10 @@ def _fit_family(
     floor: float,
     start: Fit | None,
     prior: float | None,
+    expected: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Fit:
-    """Least squares in units of ``sd``, ceiling in [floor, 1], pulled toward 1 by ``prior``."""
+    """Least squares in units of ``sd``, ceiling in [floor, 1], pulled toward 1 by ``prior``, and
+    (log scale, log alpha) toward ``expected``'s mean in units of its spread (a MAP fit)."""
     g = FAMILIES[family][0]
     shape_low, shape_high = _SHAPE_BOUNDS.get(family, ([math.log(0.05)], [math.log(5.0)]))
     lower = [floor, math.log(1e-2), *shape_low]
@@ -166,6 +172,8 @@ def _fit_family(
         ceiling, log_s, log_a, *shape = theta
         fitted = chance + (ceiling - chance) * g(n, math.exp(log_s), math.exp(log_a), *_shape(family, shape))
         residual = (fitted - acc) / sd
+        if expected is not None:
+            residual = np.append(residual, (np.array([log_s, log_a]) - expected[0]) / expected[1])
         return residual if prior is None else np.append(residual, (1 - ceiling) / prior)
 
     theta = least_squares(residuals, x0, bounds=(lower, upper), method="trf").x
@@ -219,7 +227,9 @@ class LearningCurve(BaseEstimator):
     ``limit`` is the most labels an answer may name (default: 10x the largest budget);
     ``ceiling_prior`` is the spread (in units of a run's noise) of a weak pull of the ceiling
     toward 1: a few small budgets cannot tell a plateau from a curve that keeps rising (0.2
-    scored best of 0.05-0.2 in ``benchmarks/forecast.py``; ``None``: plain least squares).
+    scored best of 0.05-0.2 in ``benchmarks/forecast.py``; ``None``: plain least squares);
+    ``shape_prior`` pulls each family's shape toward what curves like this one did
+    (:class:`finetune.prior.ShapePrior`; ``None``: none).
     """
 
     def __init__(
@@ -231,6 +241,7 @@ class LearningCurve(BaseEstimator):
         random_state: int = 0,
         limit: float | None = None,
         ceiling_prior: float | None = 0.2,
+        shape_prior: ShapePrior | None = None,
     ) -> None:
         self.n_classes = n_classes
         self.families = families
@@ -239,6 +250,7 @@ class LearningCurve(BaseEstimator):
         self.random_state = random_state
         self.limit = limit
         self.ceiling_prior = ceiling_prior
+        self.shape_prior = shape_prior
 
     @property
     def chance_(self) -> float:
@@ -264,7 +276,10 @@ class LearningCurve(BaseEstimator):
         best = max(p.mean - p.sem for p in self.points_)
         floor = min(max(self.chance_ + 1e-3, float(best)), 1 - 1e-6)
         families = [f for f in self.families if len(budgets) >= MIN_FAMILY_BUDGETS.get(f, MIN_BUDGETS)]
-        self.fits_ = [_fit_family(f, n, acc, flat, self.chance_, floor, None, self.ceiling_prior) for f in families]
+        shapes = {f: self._shape_prior(f, n, acc) for f in families}
+        self.fits_ = [
+            _fit_family(f, n, acc, flat, self.chance_, floor, None, self.ceiling_prior, shapes[f]) for f in families
+        ]
         # Residual bootstrap: each run's deviation from the fit, in units of its noise, is one
         # seed's subset-and-init draw; resampling them (inflated for the fitted parameters) and
         # refitting each family gives intervals that covered the truth at about their nominal
@@ -276,11 +291,18 @@ class LearningCurve(BaseEstimator):
             for f in self.fits_:
                 fitted = f.predict(n, self.chance_)
                 noise = rng.choice((acc - fitted) / sd * inflation, size=len(n), replace=True) * sd
-                refit = _fit_family(f.family, n, fitted + noise, flat, self.chance_, floor, f, self.ceiling_prior)
+                refit = _fit_family(
+                    f.family, n, fitted + noise, flat, self.chance_, floor, f, self.ceiling_prior, shapes[f.family]
+                )
                 self.bootstrap_fits_.append(refit)
         self.budgets_ = budgets
         self.limit_ = float(self.limit) if self.limit is not None else 10 * float(budgets.max())
         return self
+
+    def _shape_prior(self, family: str, n: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.shape_prior is None:
+            return None
+        return self.shape_prior.mean_and_spread(family, n, acc, self.n_classes)
 
     def _quantiles(self, values: np.ndarray) -> tuple[float, float]:
         tail = (1 - self.interval) / 2
