@@ -14,7 +14,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from cluster.study import study_results
+from cluster.results import study_results
 from cluster.tracking import POOL_SIZE, TEST_COUNTS, StudyTracker, tracking_uri
 from finetune.arms import SCRATCH
 from finetune.curves import CurveError, Estimate, LearningCurve

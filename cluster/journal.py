@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cluster.tracking import TrackingUnreachable
 from cluster.tracking_server import redacted
-from finetune.sweep import RunResult, RunSpec
+from finetune.grid import RunResult, RunSpec
 
 FOLDER_ENV = "LABELCURVE_JOURNAL_DIR"
 

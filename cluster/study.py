@@ -27,6 +27,7 @@ from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
 from cluster.registry import default_model_name, register, use_store
+from cluster.results import study_results
 from cluster.tracking import (
     BUDGET,
     FINETUNE,
@@ -42,17 +43,17 @@ from cluster.tracking import (
 from cluster.tracking_server import check_tracking_server, tracking_uri
 from finetune.arms import BY_NAME, LINEAR, SCRATCH_START, SSL, TRANSFER, start_key
 from finetune.budgets import check_budgets, labels_per_class, subset_indices
+from finetune.grid import RunResult, RunSpec, grid
 from finetune.report import (
     console_table,
     curve_png,
     curve_points,
     pretraining_png,
-    results_frame,
     study_subtitle,
     summary_table,
 )
 from finetune.report_html import report_html
-from finetune.sweep import RunResult, RunSpec, SweepInputs, grid, make_start, run_sweep
+from finetune.sweep import SweepInputs, make_start, run_sweep
 from pretrain.backbone_specs import backbone_options
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import (
@@ -268,23 +269,6 @@ def _starts(cfg, data, todo, tracker, parent, prepared: Prepared, console) -> tu
                 f"embeddings: {embeddings.reused} feature sets of the pool and test split read back from the study run"
             )
     return starts, tags
-
-
-def _recorded(run) -> RunResult:
-    """A finished child run read back from MLflow (runs of the first release kept budget and
-    label count as params)."""
-    p, m, t = run.data.params, run.data.metrics, run.data.tags
-    budget = t.get(BUDGET, p.get("labels_per_class"))
-    spec = RunSpec(p["arm"], budget if budget == "all" else int(budget), int(p["seed"]))
-    n_labels = int(m["n_labels"]) if "n_labels" in m else int(p["n_labels"])
-    return RunResult(spec, n_labels, m["test_accuracy"], m["test_macro_f1"], m["train_seconds"])
-
-
-def study_results(tracker: StudyTracker, parent: str) -> tuple[pd.DataFrame, int]:
-    """Every finished labeled run of a study (also from earlier invocations), and its class count."""
-    n_classes = int(tracker.client.get_run(parent).data.tags[N_CLASSES])
-    runs = [r for r in tracker.children(parent, FINETUNE).values() if r.info.status == FINISHED]
-    return results_frame([_recorded(r) for r in runs], n_classes), n_classes
 
 
 @dataclass(frozen=True)

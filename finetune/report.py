@@ -21,7 +21,7 @@ from rich.table import Table
 from finetune.budgets import budget_label, labels_per_class
 
 if TYPE_CHECKING:  # torch and ray load with finetune.sweep: not needed to draw a report
-    from finetune.sweep import RunResult
+    from finetune.grid import RunResult
 
 COLUMNS = ["arm", "budget", "seed", "n_labels", "labels_per_class", "accuracy", "macro_f1", "train_seconds"]
 # Okabe & Ito's palette stays distinguishable under the common colour-vision deficiencies; yellow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -13,7 +12,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from finetune.arms import BY_NAME, LINEAR, start_key
-from finetune.budgets import Budget, subset_indices
+from finetune.budgets import subset_indices
+from finetune.grid import RunResult, RunSpec
 from finetune.heads import fine_tune, linear_probe, predict, training_steps
 from finetune.labeled import LabeledImages, decode
 from pretrain.backbones import build_backbone
@@ -21,30 +21,6 @@ from pretrain.data import StudyData
 from pretrain.images import ImageSource
 from pretrain.manifest import POOL, TEST
 from pretrain.views import normalize
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One point of the grid."""
-
-    arm: str
-    budget: Budget
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.arm}/{self.budget}/{self.seed}"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    spec: RunSpec
-    n_labels: int
-    accuracy: float
-    macro_f1: float
-    train_seconds: float
-    started_at: float = 0.0  # unix seconds: the MLflow run gets the real start and end of the work
-    ended_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,11 +78,6 @@ class SweepInputs:
     def images(self, items: list[str], start: Start) -> torch.Tensor:
         """The images of ``items`` decoded and normalized for ``start``."""
         return normalize(decode(self.source, items), start.mean, start.std)
-
-
-def grid(arms: list[str], budgets: list[Budget], seeds: list[int]) -> list[RunSpec]:
-    """All runs, cheapest budgets first so that the curve fills in from the left."""
-    return [RunSpec(a, b, s) for b, s, a in itertools.product(budgets, seeds, arms)]
 
 
 def make_start(

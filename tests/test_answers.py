@@ -4,6 +4,8 @@ an interrupted study (arms at different budgets) and an arm that learned nothing
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,11 @@ def test_predict_and_plan_answer_an_interrupted_study(recorded_study, labelcurve
     planned = labelcurve("plan", "--target", "0.97", "--study", "interrupted")
     assert planned.returncode == 0, planned.stderr[-3000:]
     assert "(past the pool of 600)" in " ".join(planned.stdout.split())
+
+
+def test_answers_read_results_without_torch_or_ray():
+    """predict, plan and backtest fit curves to recorded numbers: they import no training stack."""
+    heavy = "('torch', 'ray', 'pytorch_lightning')"
+    probe = f"import sys, cluster.answers; print(sorted(m for m in {heavy} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
