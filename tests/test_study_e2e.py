@@ -102,7 +102,8 @@ def test_tiny_study_records_everything_and_resumes_without_duplicates(labelcurve
     # 10 classes: a collapsed embedding votes by class frequency (about 0.1)
     assert 0.5 < pre.data.metrics["test_knn_accuracy"] <= 1.0
     assert 0.5 < pre.data.metrics["test_knn_accuracy_random_init"] <= 1.0
-    assert pre.data.metrics["test_knn_accuracy"] != pre.data.metrics["test_knn_accuracy_random_init"]
+    # pretraining helps: the quickstart's 60 epochs reach 0.920 against 0.756, these 2 epochs 0.846 (one run)
+    assert pre.data.metrics["test_knn_accuracy"] > pre.data.metrics["test_knn_accuracy_random_init"]
     # the online kNN on a labeled slice of the pool: random init at step 0, then every epoch
     assert [m.step for m in client.get_metric_history(pre.info.run_id, "online_knn/accuracy")] == [0, 1, 2]
     # MLflow's system metrics, sampled by the first worker of the (one) node while it trained
