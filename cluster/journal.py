@@ -85,9 +85,13 @@ class Journal:
 
     def kept(self, error: TrackingUnreachable) -> TrackingUnreachable:
         """The line a driver ends with when the server is gone: what is kept, where, how to record it."""
+        return TrackingUnreachable(self.kept_line(str(error)))
+
+    def kept_line(self, why: str) -> str:
+        """``why`` the driver stops, what the journal keeps, where, and the command that records it."""
         command = redacted(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))  # printed: no credentials
-        return TrackingUnreachable(
-            f"{error}: {len(self)} finished runs kept in {self.path}; "
+        return (
+            f"{why}: {len(self)} finished runs kept in {self.path}; "
             f"when it is back, run `{command}` to record them without recomputing"
         )
 

@@ -22,7 +22,7 @@ from cluster.config import StudyConfig
 from cluster.console import make_console, progress_bars
 from cluster.embeddings import StudyEmbeddings
 from cluster.journal import Journal, replay
-from cluster.lease import StudyLease, check_lease, close_abandoned, study_lease
+from cluster.lease import LeaseLost, StudyLease, check_lease, close_abandoned, study_lease
 from cluster.prepare import Prepared, data_progress, prepare_study
 from cluster.provenance import changed_since
 from cluster.ray_runtime import connect
@@ -416,8 +416,13 @@ def _run_study(cfg: StudyConfig, console: Console, prepared: Prepared, lease: St
     except TrackingUnreachable as error:  # the study run cannot be marked KILLED: the next run resumes it
         raise journal.kept(error) from None
     except BaseException:
-        if not lease.lost:  # a lost lease: the study run may be another driver's now, and the server unreachable
+        if not lease.lost:
             tracker.finish(parent, "KILLED")
+            raise
+        # a lost lease: the study run may be another driver's now, and the server unreachable; a
+        # heartbeat that failed through an outage stops the driver before the outage wait does
+        if len(journal):
+            raise LeaseLost(journal.kept_line(lease.lost)) from None
         raise
     console.print(console_table(table, cfg.study, data.test_counts()))
     console.print(f"MLflow UI: run `labelcurve ui` and open {tracker.ui_url()}")
