@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,6 +68,7 @@ class PretrainResult:
     images_per_second: float | None = None  # all workers, epochs after the first
     bad_images: int = 0  # pretraining images that failed to decode (summed over epochs)
     rates: list[float] = field(default_factory=list)  # images/s per epoch of this invocation, all workers
+    threads: int | None = None  # torch's intra-op threads in a worker: the CPUs it reserved
 
 
 class TooManyBadImages(DataError):
@@ -170,6 +172,7 @@ class _EpochReport(pl.Callback):
         if len(self.losses) > 1:
             metrics["images_per_second"] = self.steady_images / self.steady_seconds
         metrics["knn"] = list(self.knn_history)
+        metrics["threads"] = torch.get_num_threads()
         if epoch % self.every == 0 or epoch == total or trainer.should_stop:
             _report_checkpoint(trainer, module, metrics)
 
@@ -242,8 +245,21 @@ def _quiet_report_echo() -> None:
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _use_reserved_cpus() -> int:
+    """Run torch on as many threads as this worker reserved CPUs (at least one), and return that.
+
+    Ray sets a worker's ``OMP_NUM_THREADS`` from its reservation only where the environment left it
+    unset; a value inherited from the driver's shell would otherwise decide, whatever the worker holds.
+    """
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, math.floor(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _train_worker(config: dict) -> None:
     log.setLevel(logging.INFO)
+    _use_reserved_cpus()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no GPU/TPU banner per worker
     _quiet_report_echo()
     bound_http_retries()  # a worker on another node does not inherit the driver's environment
@@ -386,7 +402,7 @@ def input_mode(settings: dict, n_images: int, image_bytes: int = 0, spare_cpus: 
 
 
 def spare_cpus(settings: dict, cluster_cpus: float) -> float:
-    """The CPUs of the cluster that local workers would leave to Ray Data's tasks."""
+    """The CPUs of the cluster beyond one for each local worker: what Ray Data's tasks would have."""
     return cluster_cpus - (worker_resources(settings, "local") or {}).get("CPU", 1.0) * settings["num_workers"]
 
 
@@ -404,18 +420,41 @@ def keeps_decoded(n_images: int, image_bytes: int) -> bool:
     return n_images <= LOCAL_MAX_IMAGES and n_images * image_bytes <= LOCAL_MAX_BYTES
 
 
-def worker_resources(settings: dict, mode: str = "stream") -> dict[str, float] | None:
+def node_cpus() -> list[float]:
+    """The CPUs of each live node of the Ray cluster."""
+    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]]
+
+
+def local_worker_cpus(num_workers: int, cpus_per_node: Sequence[float]) -> int:
+    """Whole CPUs for each local CPU worker: the most that still places every worker on a node.
+
+    A local worker decodes, augments and trains in its own process and nothing else runs beside
+    pretraining, so it takes its share of the nodes' CPUs: Ray gives torch one thread per reserved
+    CPU, and one worker on two cores holding one would leave a core idle. At least one (a cluster
+    too small even for that is refused by :func:`check_resources`).
+    """
+    most = int(max(cpus_per_node, default=1))
+    fits = (c for c in range(most, 0, -1) if sum(int(n // c) for n in cpus_per_node) >= num_workers)
+    return next(fits, 1)
+
+
+def worker_resources(
+    settings: dict, mode: str = "stream", cpus_per_node: Sequence[float] = ()
+) -> dict[str, float] | None:
     """A streaming CPU worker asks for ``augment_cpus`` of a CPU, leaving the rest of its share to
     the Ray Data tasks that decode and augment its input (on a GPU node they use the node's other
-    CPUs); a local one makes its views itself and takes a whole CPU."""
+    CPUs); a local one makes its views itself and takes its share of ``cpus_per_node``
+    (:func:`local_worker_cpus`; one CPU where the nodes are not given)."""
     if settings["resources_per_worker"] or settings["use_gpu"]:
         return settings["resources_per_worker"]
-    return {"CPU": settings["augment_cpus"] if mode == "stream" else 1.0}
+    if mode == "stream":
+        return {"CPU": settings["augment_cpus"]}
+    return {"CPU": local_worker_cpus(settings["num_workers"], cpus_per_node)}
 
 
-def check_resources(settings: dict, mode: str = "stream") -> None:
+def check_resources(settings: dict, mode: str = "stream", cpus_per_node: Sequence[float] = ()) -> None:
     """Refuse, before Ray Train waits for them forever, workers that the cluster cannot hold."""
-    per_worker = dict(worker_resources(settings, mode) or {"CPU": 1})
+    per_worker = dict(worker_resources(settings, mode, cpus_per_node) or {"CPU": 1})
     if settings["use_gpu"]:
         per_worker.setdefault("GPU", 1)
     total = ray.cluster_resources()
@@ -452,8 +491,13 @@ def pretrain(
     image_bytes = data.channels * data.image_size**2
     mode = input_mode(settings, len(items), image_bytes, spare_cpus(settings, ray.cluster_resources().get("CPU", 0.0)))
     keep = keeps_decoded(len(items), image_bytes)
-    say(f"pretraining: views made {_INPUT_LINES[mode] if mode == 'stream' else _INPUT_LINES[mode, keep]}")
-    check_resources(settings, mode)
+    nodes = node_cpus()
+    resources = worker_resources(settings, mode, nodes)
+    cpus = (resources or {}).get("CPU", 1.0)
+    where = _INPUT_LINES[mode] if mode == "stream" else _INPUT_LINES[mode, keep]
+    workers = f"{p.num_workers} worker{'s' if p.num_workers > 1 else ''} x {cpus:g} CPU{'s' if cpus != 1 else ''}"
+    say(f"pretraining: views made {where}; {workers}")
+    check_resources(settings, mode, nodes)
     batch = effective_batch_size(p.batch_size, p.num_workers, len(items))
     knn = knn_subset(data, p.online_knn, seed) if p.online_knn else None
     views = ViewSettings.from_config(p, data.image_size, data.mean, data.std)
@@ -463,7 +507,7 @@ def pretrain(
     first = epochs_checkpointed(storage, name) if mode == "stream" else 0
     if mode == "stream":
         datasets["train"] = pretraining_dataset(items, data.source, transform, seed, p.epochs, p.augment_cpus, first)
-        training_cpus = (worker_resources(settings, mode) or {}).get("CPU", 1.0) * p.num_workers
+        training_cpus = cpus * p.num_workers
         warm_read_workers(data.source, transform, p.augment_cpus, training_cpus)
     trainer = TorchTrainer(
         _train_worker,
@@ -485,9 +529,7 @@ def pretrain(
             "keep_decoded": keep,
         },
         datasets=datasets,
-        scaling_config=ScalingConfig(
-            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=worker_resources(settings, mode)
-        ),
+        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
@@ -518,4 +560,5 @@ def pretrain(
         metrics.get("images_per_second"),
         int(metrics.get("bad_images", 0)),
         list(metrics.get("rates", [])),
+        metrics.get("threads"),
     )
