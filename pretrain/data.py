@@ -479,19 +479,7 @@ def plan_data(cfg, progress: Progress | None = None) -> DataPlan:
         raise DataError(f"the data has one class ({classes[0]}): a classification study needs at least 2 class folders")
     if not (frame.split == TEST).any():
         pool = frame[frame.split == POOL]
-        if np.bincount(pool.label).min() < 2:
-            raise DataError("a class has fewer than 2 images: a stratified test split needs at least 2")
-        try:
-            from sklearn.model_selection import train_test_split  # scipy: 2 s to import, only needed here
-
-            _, test_index = train_test_split(
-                pool.index, test_size=cfg.test_fraction, stratify=pool.label, random_state=cfg.split_seed
-            )
-        except ValueError:  # fewer images left on one side than there are classes
-            raise DataError(
-                f"data.test_fraction={cfg.test_fraction} leaves a class no image in the labeled pool or the test "
-                "split: lower data.test_fraction or add images"
-            ) from None
+        test_index = _stratified_test(pool, cfg.test_fraction, cfg.split_seed, "")
         frame.loc[test_index, "split"] = TEST
         layout += f"; no test split given: {cfg.test_fraction:.0%} of each class drawn as the test split"
     frame = _per_class_cap(frame, POOL, cfg.max_per_class, cfg.split_seed)
@@ -553,28 +541,31 @@ def _moments(results) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(variance, 0)).clip(min=1e-3).tolist())
 
 
+def _stratified_test(images: pd.DataFrame, fraction: float, seed: int, context: str) -> pd.Index:
+    """The index of a stratified test split of ``fraction`` of each class of ``images``, drawn
+    with ``seed``; ``context`` starts the error lines."""
+    from sklearn.model_selection import train_test_split  # scipy: 2 s to import, only needed here
+
+    if np.bincount(images.label).min() < 2:
+        raise DataError(f"{context}a class has fewer than 2 images: a stratified test split needs at least 2")
+    try:
+        _, test_index = train_test_split(images.index, test_size=fraction, stratify=images.label, random_state=seed)
+    except ValueError:  # fewer images left on one side than there are classes
+        raise DataError(
+            f"{context}data.test_fraction={fraction} leaves a class no image in the labeled pool or the test "
+            "split: change data.test_fraction or add images"
+        ) from None
+    return test_index
+
+
 def _resplit(frame: pd.DataFrame, hashes: pd.Series, rule: SplitRule) -> pd.DataFrame:
     """The labeled pool and the test split pooled and split again, stratified, with ``rule``'s
     fraction and seed. Images with the same pixels form one unit and land on one side together,
     so the new test split shares no image with the pool."""
-    from sklearn.model_selection import train_test_split  # scipy: 2 s to import, only needed here
-
     labeled = frame[frame.split != UNLABELED]
     groups = hashes[labeled.index]
     distinct = labeled[~groups.duplicated().to_numpy()]
-    if np.bincount(distinct.label).min() < 2:
-        raise DataError(
-            "data.test_split=resplit: a class has fewer than 2 distinct images, a stratified test split needs 2"
-        )
-    try:
-        _, test_index = train_test_split(
-            distinct.index, test_size=rule.fraction, stratify=distinct.label, random_state=rule.seed
-        )
-    except ValueError:  # fewer images left on one side than there are classes
-        raise DataError(
-            f"data.test_split=resplit with data.test_fraction={rule.fraction} leaves a class no image in the labeled "
-            "pool or the test split: change data.test_fraction or add images"
-        ) from None
+    test_index = _stratified_test(distinct, rule.fraction, rule.seed, "data.test_split=resplit: ")
     frame = frame.copy()
     frame.loc[labeled.index, "split"] = np.where(groups.isin(set(groups[test_index])), TEST, POOL)
     return frame
