@@ -1,3 +1,4 @@
+"""The shape prior learned from curves: it pulls a short fit toward its corpus, and yields to runs that say much."""
 
 import numpy as np
 
