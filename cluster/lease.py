@@ -20,9 +20,9 @@ Ages compare clocks of different hosts: they must be roughly in sync (NTP).
 
 from __future__ import annotations
 
-import _thread
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -159,6 +159,7 @@ class StudyLease:
         self.token = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.since = ""
         self.lost: str | None = None  # why this driver must stop, once it must
+        self._wake: int | None = None  # the signal that interrupts the main thread (_wake_signal)
         self._stop = threading.Event()
         self._beats: threading.Thread | None = None
 
@@ -181,6 +182,7 @@ class StudyLease:
         winner = self.holder()
         if winner is not None and winner.token != self.token:
             raise LeaseHeld(self._refusal(winner))
+        self._wake = _wake_signal()
         self._beats = threading.Thread(target=self._beat, name="labelcurve-lease", daemon=True)
         self._beats.start()
         return self
@@ -191,6 +193,8 @@ class StudyLease:
         self._stop.set()
         if self._beats is not None:
             self._beats.join()
+        if self._wake == signal.SIGUSR2:
+            signal.signal(signal.SIGUSR2, signal.SIG_DFL)
         with suppress(MlflowException):
             current = self.holder()
             if current is not None and current.token == self.token:
@@ -205,7 +209,14 @@ class StudyLease:
 
     def _write(self) -> None:
         mine = Holder(self.token, self.host, self.pid, self.since, _now())
-        self.client.set_experiment_tag(self.experiment_id, LEASE, mine.tag())
+        try:
+            self.client.set_experiment_tag(self.experiment_id, LEASE, mine.tag())
+        except MlflowException as error:
+            if "UNIQUE constraint" not in str(error):
+                raise
+            # another taker inserted the tag at the same instant (a SQLite store inserts a new key):
+            # write again, now over it; the read-back after SETTLE_S says which of us holds it
+            self.client.set_experiment_tag(self.experiment_id, LEASE, mine.tag())
 
     def _beat(self) -> None:
         renewed = time.monotonic()
@@ -231,8 +242,22 @@ class StudyLease:
     def _lose(self, why: str) -> None:
         """Stop the driver: the flag says why, the interrupt wakes a main thread inside a blocking call."""
         self.lost = why
-        if not self._stop.is_set():  # not while the lease is being released: the study has ended
-            _thread.interrupt_main()
+        if not self._stop.is_set() and self._wake is not None:  # not once released: the study has ended
+            # a real signal, not _thread.interrupt_main: only a signal cuts a blocking call short
+            os.kill(os.getpid(), self._wake)
+
+
+def _wake_signal() -> int | None:
+    """The signal that wakes the main thread with KeyboardInterrupt when the lease is lost: SIGINT
+    where Python handles it. Where SIGINT is ignored (a driver started with nohup or as a shell's
+    background job), it would do nothing, so SIGUSR2 gets Python's interrupt handler
+    for as long as the lease is held. ``None`` off the main thread: the block checks the flag."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if callable(signal.getsignal(signal.SIGINT)):
+        return signal.SIGINT
+    signal.signal(signal.SIGUSR2, signal.default_int_handler)
+    return signal.SIGUSR2
 
 
 _held: dict[tuple[str, str], StudyLease] = {}  # the leases this process holds, by (tracking URI, study)
@@ -258,6 +283,7 @@ def study_lease(
     _held[key] = lease
     try:
         yield lease
+        check_lease()  # a block that ended before the interrupt arrived
     except BaseException:
         if lease.lost:
             raise LeaseLost(lease.lost) from None

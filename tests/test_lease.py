@@ -233,3 +233,34 @@ def test_a_driver_whose_lease_was_taken_over_stops(server):
         "lease: study 'taken' was taken over by pid 4242 on host elsewhere: this driver stops so that only one runs it"
     )
     assert lease_of(server, "taken")["holder"] == "elsewhere:4242:test"  # the taker's lease is left alone
+
+
+def test_a_driver_that_ignores_sigint_still_stops_when_its_lease_is_taken_over(server):
+    """nohup and a shell's background jobs start Python with SIGINT ignored: the lost lease must
+    still interrupt the main thread (through SIGUSR2 there), not let the driver run on."""
+    driver = textwrap.dedent(
+        """
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from cluster.lease import LeaseLost, study_lease
+        try:
+            with study_lease(sys.argv[1], "ignoring", heartbeat_s=0.2):
+                print("held", flush=True)
+                time.sleep(120)
+        except LeaseLost as lost:
+            print(lost, flush=True)
+            sys.exit(2)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver, server], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout.readline().strip() == "held", process.stderr.read()[-2000:]
+        started = time.monotonic()
+        write_lease(server, "ignoring", "elsewhere", 4242, datetime.now(timezone.utc))
+        assert process.wait(timeout=60) == 2
+        assert time.monotonic() - started < 30  # interrupted, not the 120 s sleep run out
+        assert "was taken over by pid 4242 on host elsewhere" in process.stdout.read()
+    finally:
+        process.kill()
